@@ -1,0 +1,138 @@
+"""Hook specifications: the points where plugins change a generational run.
+
+Each hook's docstring is its contract: when it is called, what it receives,
+what it must return and how the results of several plugins combine. The README's
+hook table is generated from these docstrings (``collapsekit hooks --markdown``).
+
+A hook implementation may accept any subset of the arguments listed in its
+spec (pluggy rule); name them exactly. collapsekit calls implementations one by
+one in pluggy's order (``tryfirst`` first, ``trylast`` last, otherwise last
+registered first) so that every result and every error is attributed to the
+plugin that produced it; hook wrappers are therefore not supported.
+
+Arguments that recur:
+
+* ``run`` -- the :class:`collapsekit.run.Run`: ``run.task``, ``run.seed``,
+  ``run.generations``, ``run.dir``, ``run.requirements``, ``run.rng(generation, role)``.
+* ``generation`` -- the 0-based index of the generation (generation 0 trains on real data).
+* ``task`` -- the :class:`collapsekit.task.Task` of the run.
+* ``model`` -- the trained ``torch.nn.Module`` of this generation (eval mode).
+"""
+from __future__ import annotations
+
+from .markers import hookspec
+
+
+@hookspec
+def configure(run):
+    """Validate and prepare, once per run, before generation 0 and before any data is built.
+
+    Called on every active plugin. Return nothing. Raise
+    :class:`collapsekit.errors.TaskIncompatible` (or any ``CollapsekitError``)
+    with a message naming what is wrong when the plugin cannot work with
+    ``run.task``; the run stops before anything is trained.
+    """
+
+
+@hookspec
+def requirements(task):
+    """Declare what the engine must provide to this plugin, once per run.
+
+    Return an iterable of strings; the union over all plugins is stored as
+    ``run.requirements`` and passed to the task. Known names:
+    ``"hidden_states"`` (per-layer hidden states in ``outputs`` of
+    ``loss_terms``), ``"reference_model"`` (a frozen copy of the model as it
+    was when the generation started, as ``module.reference_model``),
+    ``"forget_data"`` (the task's forget split), ``"features"`` (a
+    representation vector per item in ``outputs["features"]``). A task that
+    cannot provide a requirement raises ``TaskIncompatible`` naming it.
+    """
+
+
+@hookspec(firstresult=True)
+def compose_pool(run, generation, real, history):
+    """Choose the training pool of ``generation``, before its training starts.
+
+    ``real`` is the task's real training :class:`~collapsekit.pool.Pool`;
+    ``history`` a :class:`~collapsekit.pool.PoolHistory` whose item ``g`` is the
+    filtered synthetic pool of generation ``g`` (for ``g < generation``),
+    memory-mapped. Return a :class:`~collapsekit.pool.Pool` (lineage kept).
+
+    firstresult, exactly one policy: the built-in ``replace`` (``trylast``)
+    applies when no other policy is active; two active non-default policies
+    are an error at start-up.
+    """
+
+
+@hookspec(firstresult=True)
+def synthesize(run, model, generation):
+    """Produce the synthetic data of ``generation`` from its trained ``model``.
+
+    Called after training. Return ``dict[str, numpy.ndarray]`` of arrays with
+    the same names as the task's pool arrays and ``run.samples_per_generation``
+    items (the engine adds lineage), or ``None`` to leave it to the next
+    implementation. Draw randomness only from ``run.torch_generator(generation,
+    "synthesize")`` so that results do not depend on resume points.
+
+    firstresult: the built-in ``ancestral`` (``trylast``) samples from the model
+    with the task's sampler.
+    """
+
+
+@hookspec
+def filter_samples(run, samples, generation):
+    """Decide which synthesized items of ``generation`` enter the pool history.
+
+    ``samples`` is the synthesized :class:`~collapsekit.pool.Pool`. Return a
+    boolean ``numpy.ndarray`` of ``len(samples)`` (``True`` = keep), a
+    ``(keep, scores)`` tuple whose float ``scores`` are summarised in the
+    metrics, or ``None`` for no opinion. All masks are AND-ed; the kept share
+    per plugin is logged as ``filter/<plugin>/kept``.
+    """
+
+
+@hookspec
+def loss_terms(module, batch, outputs):
+    """Add named loss terms to every training step.
+
+    ``module`` is the :class:`~collapsekit.module.GenerationalModule` (its
+    ``task``, ``run``, ``generation``, ``reference_model`` and Lightning state
+    such as ``global_step``); ``batch`` the task's batch; ``outputs`` the task's
+    step output: ``"loss"`` (the task loss), and per task ``"logits"``,
+    ``"labels"``, ``"hidden_states"``, ``"features"`` as requested.
+
+    Return ``dict[str, torch.Tensor]`` of finite scalar tensors. Every term of
+    every plugin is summed onto the task loss and logged as ``loss/<name>``;
+    two plugins returning the same name is an error. A plugin whose class sets
+    ``replaces_task_loss = True`` supplies the task loss itself (e.g. MaxSup
+    replaces cross-entropy): the task's ``"loss"`` is then not added. At most
+    one active plugin may do so.
+    """
+
+
+@hookspec
+def generation_start(run, generation, module):
+    """Called on every plugin right before ``generation``'s training starts.
+
+    ``module`` is the fresh :class:`~collapsekit.module.GenerationalModule`.
+    Return nothing. Use it for per-generation state (schedules, caches).
+    """
+
+
+@hookspec
+def generation_end(run, generation, module):
+    """Called on every plugin right after ``generation``'s training ends.
+
+    Called before synthesis and metrics. Return nothing.
+    """
+
+
+@hookspec
+def metrics(run, model, generation):
+    """Measure the trained ``model`` of ``generation`` after synthesis and filtering.
+
+    Return ``dict[str, float]``. The dicts of all plugins are merged into the
+    generation's ``metrics.json``; two plugins returning the same key is an
+    error. ``run.synthetic(generation)`` gives this generation's filtered pool.
+    The built-in ``probes`` plugin reports the task's collapse probes.
+    """

@@ -1,0 +1,200 @@
+"""The generation loop: compose -> train -> synthesize -> filter -> store -> measure.
+
+Each generation uses a fresh Lightning ``Trainer`` (``fit`` on a used Trainer is
+a no-op) and ends by writing ``done``; a re-run resumes after the last finished
+generation and reproduces the numbers of an uninterrupted run because every
+seed derives from ``(run seed, generation, role)`` and every input is on disk.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .errors import CollapsekitError, HookError
+from .fileio import atomic_write_bytes, atomic_write_json
+from .pool import Pool
+from .run import Run
+from .seeds import derive_seed
+
+TrainerFactory = Callable[[int, Any], Any]
+"""``(generation, gen_dir) -> lightning.Trainer``: a fresh trainer for each generation."""
+
+
+def _state_bytes(model: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getvalue()
+
+
+def _load_state(model: torch.nn.Module, path) -> torch.nn.Module:
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
+
+
+def _plain(value: Any, key: str) -> float:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().item()
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CollapsekitError(f"metric {key!r} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def start(run: Run) -> None:
+    """Prepare a run: check and write its directory, configure plugins, build task data."""
+    run.prepare_directory()
+    run.hooks.call("configure", run=run)
+    reqs: set[str] = set()
+    for _, value in run.hooks.call("requirements", task=run.task):
+        reqs.update([value] if isinstance(value, str) else value)
+    missing = sorted(reqs - set(run.task.provides))
+    if missing:
+        from .errors import TaskIncompatible
+
+        raise TaskIncompatible(
+            f"task {run.task.name!r} cannot provide {missing} required by the active plugins "
+            f"(it provides {sorted(run.task.provides) or 'nothing extra'}); pick another task or plugin")
+    run.requirements = frozenset(reqs)
+    run.task.setup(derive_seed(run.seed, 0, "data"))
+    real = run.task.real_pool()
+    if len(real) == 0:
+        raise CollapsekitError(f"task {run.task.name!r} produced an empty real dataset; check its size settings")
+    run.samples_per_generation = run.config.samples_per_generation or len(real)
+
+
+def build_model(run: Run, generation: int) -> torch.nn.Module:
+    """The initial weights of ``generation`` according to ``run.config.init``."""
+    torch.manual_seed(derive_seed(run.seed, generation if run.config.init == "scratch" else 0, "init"))
+    model = run.task.build_model()
+    if generation > 0 and run.config.init == "previous":
+        _load_state(model, run.gen_dir(generation - 1) / "model.pt")
+    elif generation > 0 and run.config.init == "base":
+        _load_state(model, run.gen_dir(0) / "model.pt")
+    return model
+
+
+def train_generation(run: Run, generation: int, make_trainer: TrainerFactory):
+    """Compose the pool and train ``generation``; return ``(module, training pool)``."""
+    from .module import GenerationalModule
+
+    real = run.task.real_pool()
+    _, pool = run.hooks.first("compose_pool", run=run, generation=generation, real=real,
+                              history=run.history(generation))
+    if pool is None:
+        raise CollapsekitError("no compose_pool policy returned a pool; is the built-in 'replace' disabled?")
+    if not isinstance(pool, Pool):
+        raise HookError(f"compose_pool must return a collapsekit Pool, got {type(pool).__name__}")
+    run.task.check_pool(pool)
+    model = build_model(run, generation)
+    module = GenerationalModule(run.task, model, run.hooks, run, generation, run.requirements)
+    torch.manual_seed(derive_seed(run.seed, generation, "train"))
+    loader = run.task.dataloader(pool, shuffle=True, seed=derive_seed(run.seed, generation, "shuffle"))
+    run.hooks.call("generation_start", run=run, generation=generation, module=module)
+    trainer = make_trainer(generation, run.gen_dir(generation))
+    trainer.fit(module, train_dataloaders=loader)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    run.hooks.call("generation_end", run=run, generation=generation, module=module)
+    module.model.eval()
+    return module, pool
+
+
+def synthesize(run: Run, model: torch.nn.Module, generation: int) -> tuple[Pool, dict[str, float]]:
+    """Synthesize and filter; return the kept pool and the filter metrics."""
+    torch.manual_seed(derive_seed(run.seed, generation, "synthesize-global"))
+    name, arrays = run.hooks.first("synthesize", run=run, model=model, generation=generation)
+    if arrays is None:
+        raise CollapsekitError("no synthesize plugin returned samples; is the built-in 'ancestral' disabled?")
+    if isinstance(arrays, Pool):
+        arrays = arrays.arrays
+    samples = Pool.fresh(arrays, generation)
+    run.task.check_pool(samples)
+    keep = np.ones(len(samples), dtype=bool)
+    stats: dict[str, float] = {"synthetic/generated": float(len(samples))}
+    for plugin, result in run.hooks.call("filter_samples", run=run, samples=samples, generation=generation):
+        scores = None
+        if isinstance(result, tuple):
+            result, scores = result
+        mask = np.asarray(result)
+        if mask.dtype != bool or mask.shape != (len(samples),):
+            raise HookError(f"plugin {run.hooks.plugin_label(plugin)}: filter_samples must return a boolean "
+                            f"mask of shape ({len(samples)},), got {mask.dtype} {mask.shape}")
+        keep &= mask
+        stats[f"filter/{plugin}/kept"] = float(mask.mean()) if len(mask) else 1.0
+        if scores is not None and len(scores):
+            stats[f"filter/{plugin}/score_mean"] = float(np.mean(scores))
+    kept = samples.select(np.flatnonzero(keep))
+    stats["synthetic/kept"] = float(len(kept))
+    return kept, stats
+
+
+def run_generation(run: Run, generation: int, make_trainer: TrainerFactory) -> dict[str, float]:
+    """Train, synthesize, filter, store and measure one generation; write ``done`` last."""
+    gen_dir = run.gen_dir(generation)
+    (gen_dir / "done").unlink(missing_ok=True)
+    module, pool = train_generation(run, generation, make_trainer)
+    model = module.model
+    atomic_write_bytes(gen_dir / "model.pt", _state_bytes(model))
+    kept, filter_stats = synthesize(run, model, generation)
+    files = ["model.pt"]
+    files += [f"pool/{f}" for f in kept.save(gen_dir / "pool").values()]
+    lineage = Pool({}, pool.origin_generation, pool.origin_index)
+    files += [f"train_lineage/{f}" for f in lineage.save(gen_dir / "train_lineage").values()]
+    with torch.no_grad():
+        measured = run.hooks.merged("metrics", run=run, model=model, generation=generation)
+    metrics = {k: _plain(v, k) for k, v in measured.items()}
+    metrics.update(module.term_means())
+    metrics.update(filter_stats)
+    metrics["pool/size"] = float(len(pool))
+    metrics["pool/real_share"] = float(np.mean(np.asarray(pool.origin_generation) < 0)) if len(pool) else 0.0
+    atomic_write_json(gen_dir / "metrics.json", metrics)
+    files.append("metrics.json")
+    run.write_manifest(generation, files)
+    atomic_write_bytes(gen_dir / "done", b"")
+    return metrics
+
+
+def execute(run: Run, make_trainer: TrainerFactory, on_generation: Callable[[int, dict, bool], None] | None = None
+            ) -> list[dict[str, float]]:
+    """Run all generations, resuming after the last finished one; return every generation's metrics.
+
+    ``on_generation(generation, metrics, resumed)`` is called after each generation
+    (``resumed`` is True for generations read back from disk).
+    """
+    start(run)
+    done = run.finished()
+    results = []
+    for generation in range(run.generations):
+        if generation < done:
+            run.verify(generation)
+            metrics = run.metrics_of(generation)
+            resumed = True
+        else:
+            metrics = run_generation(run, generation, make_trainer)
+            resumed = False
+        results.append(metrics)
+        if on_generation is not None:
+            on_generation(generation, metrics, resumed)
+    return results
+
+
+def trainer_factory(**trainer_kwargs: Any) -> TrainerFactory:
+    """A :data:`TrainerFactory` building ``lightning.Trainer(**trainer_kwargs)`` per generation.
+
+    Defaults: no Lightning checkpointing (the engine saves weights itself),
+    a CSV logger under ``gen_<k>/logs`` and ``default_root_dir`` = ``gen_<k>``.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    def make(generation: int, gen_dir) -> Any:
+        kwargs = {"enable_checkpointing": False, "enable_model_summary": False, **trainer_kwargs}
+        kwargs.setdefault("logger", CSVLogger(str(gen_dir), name="logs", version=""))
+        kwargs["default_root_dir"] = str(gen_dir)
+        return pl.Trainer(**kwargs)
+
+    return make

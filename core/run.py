@@ -1,0 +1,194 @@
+"""The state of one generational run: its config, directory, seeds and finished generations.
+
+Run directory layout (``<root>/<name>/``)::
+
+    config.yaml            resolved config of the run (written at start)
+    gen_<k>/model.pt       trained weights of generation k (state_dict)
+    gen_<k>/pool/*.npy     filtered synthetic pool of generation k, with lineage
+    gen_<k>/train_lineage/ lineage of the pool generation k trained on
+    gen_<k>/metrics.json   flat {metric: number}
+    gen_<k>/manifest.json  SHA-256 of every file above
+    gen_<k>/done           written last; a generation without it is redone
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+import torch
+import yaml
+
+from .errors import ConfigError, RunStateError
+from .fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from .pool import Pool, PoolHistory
+from .seeds import numpy_rng, torch_generator
+
+INIT_MODES = ("scratch", "previous", "base")
+
+
+@dataclass
+class RunConfig:
+    """The ``run:`` section of a config.
+
+    Args:
+        name: run name; files go to ``<root>/<name>/``.
+        root: folder holding all runs.
+        generations: number of models trained (generation 0 trains on real data).
+        seed: run seed; every random draw derives from ``(seed, generation, role)``.
+        init: weights each generation starts from: ``scratch`` (fresh init),
+            ``previous`` (fine-tune the last generation) or ``base`` (generation 0's weights).
+        plugins: plugins to activate: short names or ``{class_path, init_args}``.
+        samples_per_generation: synthetic items per generation (default: size of the real pool).
+        overwrite: start over when ``<root>/<name>`` holds a run made by another config.
+    """
+
+    name: str = "quickstart"
+    root: str = "runs"
+    generations: int = 3
+    seed: int = 0
+    init: Literal["scratch", "previous", "base"] = "scratch"
+    plugins: list[Union[str, dict[str, Any]]] = field(default_factory=list)
+    samples_per_generation: int | None = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"run.name must be a non-empty folder name, got {self.name!r}")
+        if not isinstance(self.generations, int) or self.generations < 1:
+            raise ConfigError(f"run.generations must be an integer >= 1, got {self.generations!r}")
+        if self.init not in INIT_MODES:
+            raise ConfigError(f"run.init must be one of {INIT_MODES}, got {self.init!r}")
+        if self.samples_per_generation is not None and self.samples_per_generation < 1:
+            raise ConfigError(f"run.samples_per_generation must be >= 1, got {self.samples_per_generation}")
+
+
+# config keys that may change between a run and its resumption
+RESUMABLE_KEYS = ("run.generations", "run.overwrite", "run.root", "trainer.enable_progress_bar",
+                  "trainer.enable_model_summary", "trainer.logger", "trainer.callbacks")
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v and not ("class_path" in v and prefix.endswith("plugins")):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+class Run:
+    """Paths, seeds and finished-generation bookkeeping of one run."""
+
+    def __init__(self, config: RunConfig, task: Any, hooks: Any = None, config_dict: dict | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.task = task
+        self.hooks = hooks
+        self.config_dict = config_dict if config_dict is not None else {"run": asdict(config)}
+        self.dir = Path(config.root) / config.name
+        self.requirements: frozenset[str] = frozenset()
+        self.samples_per_generation = config.samples_per_generation or 0
+
+    # -- convenience for plugins ----------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def generations(self) -> int:
+        return self.config.generations
+
+    def torch_generator(self, generation: int, role: str) -> torch.Generator:
+        """CPU generator seeded from ``(run seed, generation, role)``."""
+        return torch_generator(self.seed, generation, role)
+
+    def rng(self, generation: int, role: str) -> np.random.Generator:
+        """NumPy generator seeded from ``(run seed, generation, role)``."""
+        return numpy_rng(self.seed, generation, role)
+
+    # -- directories ----------------------------------------------------------
+    def gen_dir(self, generation: int) -> Path:
+        return self.dir / f"gen_{generation}"
+
+    def is_done(self, generation: int) -> bool:
+        return (self.gen_dir(generation) / "done").is_file()
+
+    def finished(self) -> int:
+        """Number of leading generations that are complete (``done`` present)."""
+        k = 0
+        while self.is_done(k):
+            k += 1
+        return k
+
+    def synthetic(self, generation: int) -> Pool:
+        """The filtered synthetic pool written by ``generation`` (memory-mapped)."""
+        return Pool.load(self.gen_dir(generation) / "pool")
+
+    def history(self, generation: int) -> PoolHistory:
+        """Synthetic pools of generations ``0 .. generation-1``."""
+        return PoolHistory(lambda g: self.gen_dir(g) / "pool", generation)
+
+    def metrics_of(self, generation: int) -> dict[str, float]:
+        return json.loads((self.gen_dir(generation) / "metrics.json").read_text())
+
+    # -- start-up checks --------------------------------------------------------
+    def prepare_directory(self) -> None:
+        """Create the run directory, or check that an existing one was made by the same config."""
+        saved = self.dir / "config.yaml"
+        if saved.is_file():
+            try:
+                old = yaml.safe_load(saved.read_text()) or {}
+            except yaml.YAMLError:
+                old = {}
+            diff = config_differences(old, self.config_dict)
+            if diff and not self.config.overwrite:
+                shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:8])
+                raise RunStateError(
+                    f"run directory {self.dir} was made by a different config ({shown}). "
+                    f"Use a new run.name, or pass --run.overwrite true to delete it and start over.")
+            if diff:
+                shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(saved, yaml.safe_dump(self.config_dict, sort_keys=True).encode())
+
+    def verify(self, generation: int) -> None:
+        """Check a finished generation's files against its manifest; raise naming the bad file."""
+        gen_dir = self.gen_dir(generation)
+        manifest_path = gen_dir / "manifest.json"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            raise RunStateError(f"{manifest_path} is missing or unreadable although {gen_dir}/done exists; "
+                                f"delete {gen_dir} (and later generations) to redo it") from None
+        for rel, digest in manifest.items():
+            path = gen_dir / rel
+            if not path.is_file() or sha256_file(path) != digest:
+                state = "missing" if not path.is_file() else "corrupted (checksum mismatch)"
+                raise RunStateError(
+                    f"{path} is {state}. Delete {gen_dir} and the generations after it, then re-run the "
+                    f"same command to redo them.")
+
+    def write_manifest(self, generation: int, files: list[str]) -> None:
+        gen_dir = self.gen_dir(generation)
+        atomic_write_json(gen_dir / "manifest.json", {f: sha256_file(gen_dir / f) for f in sorted(files)})
+
+
+def config_differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """``(key, old, new)`` for every flattened key that differs, except :data:`RESUMABLE_KEYS`."""
+    a, b = flatten(old), flatten(new)
+    keys = sorted(set(a) | set(b))
+    return [(k, a.get(k), b.get(k)) for k in keys
+            if a.get(k) != b.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)]

@@ -1,0 +1,112 @@
+"""The task contract: data, model, loss, sampler and probes of one benchmark.
+
+A task is plain Python (no Lightning): the engine wraps it in a
+:class:`~collapsekit.module.GenerationalModule`. Tasks are found through the
+entry-point group ``collapsekit.tasks`` (short names such as ``markov-text``)
+and configured in YAML under ``task:`` with ``class_path``/``init_args``.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .pool import Pool
+
+
+class PoolDataset(Dataset):
+    """Map-style dataset over a pool's arrays; items are dicts of tensors."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.keys = pool.keys
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(np.array(self.pool.arrays[k][i])) for k in self.keys}
+
+
+class Task:
+    """Base class of every task. Subclasses set the class variables and override the methods.
+
+    Lifecycle in a run: ``setup(seed)`` once; then per generation
+    ``build_model()`` (under a seeded global RNG), ``dataloader(pool, ...)``,
+    ``step(...)`` every training step, ``sample(...)`` to synthesize and
+    ``evaluate(...)`` for the collapse probes.
+    """
+
+    name: ClassVar[str] = "task"
+    #: names of the arrays in this task's pools (e.g. ``("tokens",)``)
+    pool_keys: ClassVar[tuple[str, ...]] = ()
+    #: requirement names (see the ``requirements`` hook) this task can satisfy
+    provides: ClassVar[frozenset[str]] = frozenset()
+    #: direction of every metric :meth:`evaluate` returns
+    higher_is_better: ClassVar[Mapping[str, bool]] = {}
+
+    def __init__(self, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.seed: int | None = None
+
+    # -- data ---------------------------------------------------------------
+    def setup(self, seed: int) -> None:
+        """Build real training and held-out data deterministically from ``seed``."""
+        self.seed = seed
+
+    def real_pool(self) -> Pool:
+        """The real training data, as a pool with generation ``REAL``."""
+        raise NotImplementedError
+
+    def dataloader(self, pool: Pool, shuffle: bool, seed: int) -> DataLoader:
+        """Batches of ``pool``; shuffling draws from a generator seeded with ``seed``."""
+        if len(pool) == 0:
+            from .errors import CollapsekitError
+
+            raise CollapsekitError(f"task {self.name!r}: the training pool is empty; nothing to train on")
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            PoolDataset(pool),
+            batch_size=min(self.batch_size, len(pool)),
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=False,
+        )
+
+    # -- model --------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        """A freshly initialised model (the global torch RNG is seeded by the engine)."""
+        raise NotImplementedError
+
+    def configure_optimizers(self, model: torch.nn.Module) -> Any:
+        """Optimizer (and optionally scheduler) in Lightning's ``configure_optimizers`` format."""
+        return torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def step(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], requirements: frozenset[str]) -> dict[str, Any]:
+        """Forward one batch; return a dict with at least ``"loss"`` (scalar tensor)."""
+        raise NotImplementedError
+
+    # -- synthesis and probes ----------------------------------------------
+    def sample(self, model: torch.nn.Module, n: int, generator: torch.Generator, **options: Any) -> dict[str, np.ndarray]:
+        """Draw ``n`` items from ``model`` (ancestral sampling); arrays named as ``pool_keys``."""
+        raise NotImplementedError
+
+    def evaluate(self, model: torch.nn.Module, samples: Pool | None) -> dict[str, float]:
+        """The task's collapse probes for ``model`` and its synthetic ``samples``."""
+        return {}
+
+    def check_pool(self, pool: Pool) -> None:
+        """Raise ``CollapsekitError`` if ``pool`` does not hold this task's arrays."""
+        from .errors import CollapsekitError
+
+        if pool.keys != tuple(sorted(self.pool_keys)):
+            raise CollapsekitError(
+                f"pool holds arrays {list(pool.keys)} but task {self.name!r} expects "
+                f"{sorted(self.pool_keys)}; is it a pool from another task?"
+            )

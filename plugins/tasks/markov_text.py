@@ -1,0 +1,131 @@
+"""``markov-text``: a synthetic language from a known first-order Markov source.
+
+Because the true next-token distribution is known, KL(true ‖ model) per token
+is computed exactly at every position of held-out text (no estimate of the
+source), and so is the *tail mass lost*: the true probability mass that the
+model gives less than ``tail_threshold``.
+
+The source has Zipfian rows over a random order of next tokens, plus a share of
+near-deterministic rows (one next token at ``p_deterministic``), as real text has:
+without them no prediction ever passes ToEdit's 0.99 threshold.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from collapsekit.pool import Pool
+from collapsekit.plugins.tasks.language import CausalLMTask
+
+
+def markov_source(vocab_size: int, zipf_exponent: float, deterministic_share: float,
+                  p_deterministic: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Transition matrix P [V, V] (rows sum to 1) and initial distribution (its stationary law)."""
+    ranks = np.arange(1, vocab_size + 1, dtype=np.float64)
+    zipf = ranks ** -zipf_exponent
+    zipf /= zipf.sum()
+    P = np.empty((vocab_size, vocab_size))
+    n_det = int(round(deterministic_share * vocab_size))
+    det_rows = set(rng.choice(vocab_size, size=n_det, replace=False).tolist())
+    for u in range(vocab_size):
+        order = rng.permutation(vocab_size)
+        row = np.empty(vocab_size)
+        if u in det_rows:
+            rest = zipf[1:] / zipf[1:].sum() * (1.0 - p_deterministic)
+            row[order[0]] = p_deterministic
+            row[order[1:]] = rest
+        else:
+            row[order] = zipf
+        P[u] = row
+    # stationary distribution: left eigenvector of P for eigenvalue 1 (power iteration)
+    pi = np.full(vocab_size, 1.0 / vocab_size)
+    for _ in range(2000):
+        nxt = pi @ P
+        if np.abs(nxt - pi).sum() < 1e-13:
+            break
+        pi = nxt
+    return P, pi / pi.sum()
+
+
+def sample_chain(P: np.ndarray, init: np.ndarray, n: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` sequences of ``length`` states from the chain, [n, length] int64."""
+    cdf = np.cumsum(P, axis=1)
+    out = np.empty((n, length), dtype=np.int64)
+    out[:, 0] = rng.choice(len(init), size=n, p=init)
+    for t in range(1, length):
+        u = rng.random(n)[:, None]
+        out[:, t] = np.minimum((u > cdf[out[:, t - 1]]).sum(axis=1), len(init) - 1)
+    return out
+
+
+class MarkovText(CausalLMTask):
+    """Self-consuming language modelling of a known Markov source (exact KL and tail mass)."""
+
+    name: ClassVar[str] = "markov-text"
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        **CausalLMTask.higher_is_better, "kl": False, "tail_mass_lost": False,
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = 64,
+        seq_len: int = 64,
+        train_size: int = 2000,
+        heldout_size: int = 500,
+        zipf_exponent: float = 1.1,
+        deterministic_share: float = 0.25,
+        p_deterministic: float = 0.995,
+        tail_threshold: float = 1e-3,
+        source_seed: int = 1234,
+        n_layer: int = 2,
+        n_embd: int = 64,
+        n_head: int = 2,
+        batch_size: int = 64,
+        lr: float = 3e-3,
+    ) -> None:
+        super().__init__(vocab_size, seq_len, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                         batch_size=batch_size, lr=lr)
+        if train_size < 1 or heldout_size < 1:
+            raise ValueError("train_size and heldout_size must be >= 1")
+        if not 0 <= deterministic_share <= 1:
+            raise ValueError(f"deterministic_share must be in [0, 1], got {deterministic_share}")
+        self.train_size, self.heldout_size = train_size, heldout_size
+        self.zipf_exponent = zipf_exponent
+        self.deterministic_share, self.p_deterministic = deterministic_share, p_deterministic
+        self.tail_threshold = tail_threshold
+        self.source_seed = source_seed
+        self.transition, self.initial = markov_source(
+            vocab_size, zipf_exponent, deterministic_share, p_deterministic,
+            np.random.default_rng(source_seed))
+
+    def build_data(self, seed):
+        rng = np.random.default_rng([self.source_seed, seed])
+        train = sample_chain(self.transition, self.initial, self.train_size, self.seq_len, rng)
+        heldout = sample_chain(self.transition, self.initial, self.heldout_size, self.seq_len, rng)
+        return train, heldout
+
+    def true_next(self, tokens: np.ndarray) -> np.ndarray:
+        """True next-token distributions [N, T, V] for ``tokens`` (BOS first) at every position."""
+        content = tokens[:, 1:-1]
+        first = np.broadcast_to(self.initial, (len(tokens), 1, self.vocab_size))
+        return np.concatenate([first, self.transition[content]], axis=1)
+
+    @torch.no_grad()
+    def source_divergence(self, model: torch.nn.Module) -> tuple[float, float]:
+        """(mean per-token KL(true ‖ model) in nats, mean true mass the model puts below the threshold)."""
+        kl_sum, tail_sum, count = 0.0, 0.0, 0
+        for i in range(0, len(self.heldout_tokens), self.eval_batch_size):
+            tokens = self.heldout_tokens[i:i + self.eval_batch_size]
+            logq = torch.log_softmax(self.token_logits(model, tokens).double(), -1)[..., :self.vocab_size]
+            p = torch.from_numpy(self.true_next(tokens))
+            plogp = torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p))
+            kl_sum += (plogp - p * logq).sum().item()
+            tail_sum += (p * (logq.exp() < self.tail_threshold)).sum().item()
+            count += p.shape[0] * p.shape[1]
+        return kl_sum / count, tail_sum / count
+
+    def extra_metrics(self, model, samples):
+        kl, tail = self.source_divergence(model)
+        return {"kl": kl, "tail_mass_lost": tail}
