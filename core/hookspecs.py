@@ -114,8 +114,11 @@ def loss_terms(module, batch, outputs):
 def generation_start(run, generation, module):
     """Called on every plugin right before ``generation``'s training starts.
 
-    ``module`` is the fresh :class:`~collapsekit.module.GenerationalModule`.
-    Return nothing. Use it for per-generation state (schedules, caches).
+    ``module`` is the fresh :class:`~collapsekit.module.GenerationalModule`
+    (its ``model`` already initialised; its Trainer not yet attached). Return
+    nothing. Use it for per-generation state: schedules (e.g. a coefficient
+    ramp), caches keyed by generation, or extra trainable parameters added to
+    ``module.model`` so that the task's optimizer sees them.
     """
 
 
@@ -123,7 +126,10 @@ def generation_start(run, generation, module):
 def generation_end(run, generation, module):
     """Called on every plugin right after ``generation``'s training ends.
 
-    Called before synthesis and metrics. Return nothing.
+    ``module`` is the trained :class:`~collapsekit.module.GenerationalModule`
+    (its ``trainer`` still attached). Called before the weights are saved and
+    before synthesis and metrics. Return nothing. Use it to release
+    per-generation state or to record training statistics.
     """
 
 

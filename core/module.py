@@ -12,6 +12,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from .task import Task
+
 from .errors import CollapsekitError, NonFiniteLoss
 
 
@@ -101,3 +103,24 @@ class GenerationalModule(pl.LightningModule):
             return {}
         return {f"loss/{k}": v / self._term_count for k, v in self._term_sums.items()
                 if math.isfinite(v)}
+
+
+class TaskFitModule(GenerationalModule):
+    """One plain Lightning fit of a task on its real data, without generations (``collapsekit fit``).
+
+    Args:
+        task: the task to fit (``class_path``/``init_args``).
+        seed: seed of the task's data.
+    """
+
+    def __init__(self, task: Task, seed: int = 0) -> None:
+        task.setup(seed)
+        super().__init__(task)
+        self.data_seed = seed
+
+    def train_dataloader(self):
+        return self.task.dataloader(self.task.real_pool(), shuffle=True, seed=self.data_seed)
+
+    def on_train_end(self) -> None:
+        metrics = self.task.evaluate(self.model.eval(), None)
+        print("evaluation: " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -55,6 +55,10 @@ class RunConfig:
     samples_per_generation: int | None = None
     overwrite: bool = False
 
+    def plugin_names(self) -> list[str]:
+        """Names of the listed plugins, as written in the config."""
+        return [p if isinstance(p, str) else str(p.get("class_path")) for p in self.plugins]
+
     def validate(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"run.name must be a non-empty folder name, got {self.name!r}")
