@@ -113,39 +113,52 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def cmd_run(argv: Sequence[str]) -> int:
+def load_run_config(argv: Sequence[str]):
+    """Parse and validate ``collapsekit run`` arguments without running anything.
+
+    Returns ``(parser, cfg, run_config, task, config_dict)``; raises :class:`ConfigError`
+    (one message) for any malformed, unknown or ill-typed value. ``SystemExit`` is
+    passed through for ``--help`` and ``--print_config``.
+    """
     import yaml
 
-    from .dispatch import build_manager
-    from .loop import execute, trainer_factory
-    from .progress import GenerationProgressBar
-    from .run import Run, RunConfig
+    from .run import RunConfig
 
-    quiet_lightning()
     parser = build_run_parser()
-    if not argv:
-        parser.print_help()
-        return 2
     try:
         cfg = parser.parse_args(list(argv))
-    except SystemExit as exit_:  # --help, --print_config
-        return int(exit_.code or 0)
-    except (argparse.ArgumentError, ValueError, TypeError, KeyError) as exc:
+    except SystemExit:
+        raise
+    except (argparse.ArgumentError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ConfigError(explain_parse_error(exc, parser)) from None
     config_dict = yaml.safe_load(parser.dump(cfg))
     config_dict.pop("config", None)
     try:
         objects = _instantiate(parser, cfg)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ConfigError(f"invalid config value: {exc}") from None
     run_config = objects.run if isinstance(objects.run, RunConfig) else RunConfig(**vars(objects.run))
     run_config.validate()
-    task = objects.task
+    return parser, cfg, run_config, objects.task, config_dict
+
+
+def cmd_run(argv: Sequence[str]) -> int:
+    from .dispatch import build_manager
+    from .loop import execute, trainer_factory
+    from .progress import GenerationProgressBar
+    from .run import Run
+
+    quiet_lightning()
+    if not argv:
+        build_run_parser().print_help()
+        return 2
+    try:
+        parser, cfg, run_config, task, config_dict = load_run_config(argv)
+    except SystemExit as exit_:  # --help, --print_config
+        return int(exit_.code or 0)
     hooks = build_manager(run_config.plugins)
     run = Run(run_config, task, hooks, config_dict)
-
-    trainer_cfg = dict(objects.trainer)
-    want_bar = trainer_cfg.get("enable_progress_bar") is not False
+    want_bar = cfg.trainer.enable_progress_bar is not False
 
     def make_trainer(generation, gen_dir):
         # None means "Trainer default"; dropping it lets trainer_factory's defaults apply

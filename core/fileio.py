@@ -1,6 +1,7 @@
 """Atomic file writes and checksums: a file is either whole or absent."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -22,6 +23,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        from .errors import RunStateError
+
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        raise RunStateError(f"could not write {path}: {reason}. Finished generations are kept; "
+                            f"free space (or fix the folder) and re-run the same command to resume.") from None
     finally:
         if tmp.exists():
             tmp.unlink()
