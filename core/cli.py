@@ -139,7 +139,21 @@ def load_run_config(argv: Sequence[str]):
         raise ConfigError(f"invalid config value: {exc}") from None
     run_config = objects.run if isinstance(objects.run, RunConfig) else RunConfig(**vars(objects.run))
     run_config.validate()
+    _check_single_process(cfg.trainer)
     return parser, cfg, run_config, objects.task, config_dict
+
+
+def _check_single_process(trainer) -> None:
+    """The generation loop is single-process for now: refuse multi-device trainer settings clearly."""
+    strategy, devices, nodes = trainer.strategy, trainer.devices, trainer.num_nodes
+    multi = (isinstance(devices, int) and devices > 1) or (isinstance(devices, (list, tuple)) and len(devices) > 1) \
+        or (isinstance(devices, str) and devices not in ("auto", "1")) or (isinstance(nodes, int) and nodes > 1) \
+        or (isinstance(strategy, str) and "ddp" in strategy or "fsdp" in str(strategy))
+    if multi:
+        raise ConfigError(
+            f"trainer strategy={strategy!r} devices={devices!r} num_nodes={nodes!r}: multi-process training is "
+            "not supported by the generation loop yet (each rank would re-run the loop). Use trainer.devices: 1 "
+            "and run several seeds or configs in parallel instead.")
 
 
 def cmd_run(argv: Sequence[str]) -> int:

@@ -88,6 +88,12 @@ def test_empty_dataset_is_a_config_error(cli, make_config, write_config):
     assert code == 2 and "train_size" in err and "Traceback" not in err
 
 
+def test_multi_process_strategy_is_refused_clearly(cli, make_config, write_config):
+    code, _, err = cli("run", "--config", write_config(make_config()), "--trainer.strategy", "ddp",
+                       "--trainer.devices", "2")
+    assert code == 2 and "multi-process training is not supported" in err
+
+
 def test_nothing_deleted_without_being_asked(cli, make_config, write_config, tmp_path):
     path = write_config(make_config(generations=1))
     assert cli("run", "--config", path)[0] == 0
