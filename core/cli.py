@@ -139,21 +139,7 @@ def load_run_config(argv: Sequence[str]):
         raise ConfigError(f"invalid config value: {exc}") from None
     run_config = objects.run if isinstance(objects.run, RunConfig) else RunConfig(**vars(objects.run))
     run_config.validate()
-    _check_single_process(cfg.trainer)
     return parser, cfg, run_config, objects.task, config_dict
-
-
-def _check_single_process(trainer) -> None:
-    """The generation loop is single-process for now: refuse multi-device trainer settings clearly."""
-    strategy, devices, nodes = trainer.strategy, trainer.devices, trainer.num_nodes
-    multi = (isinstance(devices, int) and devices > 1) or (isinstance(devices, (list, tuple)) and len(devices) > 1) \
-        or (isinstance(devices, str) and devices not in ("auto", "1")) or (isinstance(nodes, int) and nodes > 1) \
-        or (isinstance(strategy, str) and "ddp" in strategy or "fsdp" in str(strategy))
-    if multi:
-        raise ConfigError(
-            f"trainer strategy={strategy!r} devices={devices!r} num_nodes={nodes!r}: multi-process training is "
-            "not supported by the generation loop yet (each rank would re-run the loop). Use trainer.devices: 1 "
-            "and run several seeds or configs in parallel instead.")
 
 
 def cmd_run(argv: Sequence[str]) -> int:
@@ -185,18 +171,23 @@ def cmd_run(argv: Sequence[str]) -> int:
 
     headline = list(getattr(task, "headline", ()) or [])
     started = time.time()
-    print(f"collapsekit run {run_config.name!r}: task {task.name}, {run_config.generations} generations, "
-          f"plugins {hooks.implementers('compose_pool')[0]}/{hooks.implementers('synthesize')[0]}"
-          f"{' + ' + ', '.join(run_config.plugin_names()) if run_config.plugins else ''}, "
-          f"dir {run.dir}", flush=True)
+    if run.is_lead:
+        print(f"collapsekit run {run_config.name!r}: task {task.name}, {run_config.generations} generations, "
+              f"plugins {hooks.implementers('compose_pool')[0]}/{hooks.implementers('synthesize')[0]}"
+              f"{' + ' + ', '.join(run_config.plugin_names()) if run_config.plugins else ''}, "
+              f"dir {run.dir}", flush=True)
 
     def on_generation(generation: int, metrics: dict, resumed: bool) -> None:
+        if not run.is_lead:
+            return
         shown = headline or [k for k in metrics if "/" not in k][:5]
         note = " (finished earlier, resumed)" if resumed else f" ({time.time() - started:.1f} s)"
         print(f"generation {generation}: " + "  ".join(f"{k}={_fmt(metrics[k])}" for k in shown if k in metrics)
               + note, flush=True)
 
     results = execute(run, make_trainer, on_generation)
+    if not run.is_lead:
+        return 0
     _print_table(results, headline)
     try:
         from .report import report

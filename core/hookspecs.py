@@ -68,11 +68,14 @@ def compose_pool(run, generation, real, history):
 def synthesize(run, model, generation):
     """Produce the synthetic data of ``generation`` from its trained ``model``.
 
-    Called after training. Return ``dict[str, numpy.ndarray]`` of arrays with
-    the same names as the task's pool arrays and ``run.samples_per_generation``
-    items (the engine adds lineage), or ``None`` to leave it to the next
-    implementation. Draw randomness only from ``run.torch_generator(generation,
-    "synthesize")`` so that results do not depend on resume points.
+    Called after training, once per *shard*: the engine splits a generation's
+    synthesis into fixed-size shards (spread over DDP ranks) so that the pool
+    does not depend on the number of workers. Return ``dict[str,
+    numpy.ndarray]`` with the task's pool array names and exactly
+    ``run.samples_per_generation`` items (the shard's size; the engine adds
+    lineage), or ``None`` to leave it to the next implementation. Draw
+    randomness only from ``run.torch_generator(generation, "synthesize")``
+    (seeded per shard) so that results do not depend on resume points.
 
     firstresult: the built-in ``ancestral`` (``trylast``) samples from the model
     with the task's sampler.

@@ -103,15 +103,75 @@ def train_generation(run: Run, generation: int, make_trainer: TrainerFactory):
     return module, pool
 
 
-def synthesize(run: Run, model: torch.nn.Module, generation: int) -> tuple[Pool, dict[str, float]]:
-    """Synthesize and filter; return the kept pool and the filter metrics."""
-    torch.manual_seed(derive_seed(run.seed, generation, "synthesize-global"))
-    name, arrays = run.hooks.first("synthesize", run=run, model=model, generation=generation)
-    if arrays is None:
-        raise CollapsekitError("no synthesize plugin returned samples; is the built-in 'ancestral' disabled?")
-    if isinstance(arrays, Pool):
-        arrays = arrays.arrays
-    samples = Pool.fresh(arrays, generation)
+SHARD_SIZE = 4096
+"""Synthesis is done in shards of at most this many items, each seeded on its own, so that the
+synthetic pool does not depend on how many DDP ranks shared the work."""
+
+
+def process_rank() -> int:
+    """Global rank of this process (0 when not distributed), also before the process group exists."""
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("NODE_RANK", 0) or 0) * 1000 + int(os.environ.get("LOCAL_RANK", 0) or 0)
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def synthesize_shards(run: Run, model: torch.nn.Module, generation: int) -> Pool:
+    """Call ``synthesize`` once per shard; ranks take shards round-robin; all ranks get every item.
+
+    Shard ``s`` sees ``run.samples_per_generation`` = its size and ``run.torch_generator(g,
+    "synthesize")`` seeded by ``(seed, g, "synthesize/shard<s>")``; shards are joined in order.
+    """
+    rank, world = _world()
+    total = run.samples_per_generation
+    shards = [(s, min(SHARD_SIZE, total - s * SHARD_SIZE)) for s in range(-(-total // SHARD_SIZE))]
+    mine: dict[int, dict[str, np.ndarray]] = {}
+    for shard, size in shards[rank::world]:
+        torch.manual_seed(derive_seed(run.seed, generation, f"synthesize-global/shard{shard}"))
+        with run.synthesis_shard(shard, size):
+            name, arrays = run.hooks.first("synthesize", run=run, model=model, generation=generation)
+        if arrays is None:
+            raise CollapsekitError("no synthesize plugin returned samples; is the built-in 'ancestral' disabled?")
+        if isinstance(arrays, Pool):
+            arrays = arrays.arrays
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if set(lengths.values()) != {size}:
+            raise HookError(f"plugin {run.hooks.plugin_label(name)}: synthesize returned {lengths} items, "
+                            f"expected {size} (run.samples_per_generation)")
+        mine[shard] = arrays
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, mine)
+        mine = {s: a for part in gathered for s, a in part.items()}
+    keys = sorted(mine[0])
+    return Pool.fresh({k: np.concatenate([mine[s][k] for s in sorted(mine)]) for k in keys}, generation)
+
+
+def filter_pool(run: Run, samples: Pool, generation: int) -> tuple[Pool, dict[str, float]]:
+    """Apply every ``filter_samples`` mask (AND); return the kept pool and the filter metrics."""
     run.task.check_pool(samples)
     keep = np.ones(len(samples), dtype=bool)
     stats: dict[str, float] = {"synthetic/generated": float(len(samples))}
@@ -133,13 +193,31 @@ def synthesize(run: Run, model: torch.nn.Module, generation: int) -> tuple[Pool,
 
 
 def run_generation(run: Run, generation: int, make_trainer: TrainerFactory) -> dict[str, float]:
-    """Train, synthesize, filter, store and measure one generation; write ``done`` last."""
+    """Train, synthesize, filter, store and measure one generation; write ``done`` last.
+
+    Under DDP every rank trains and synthesizes its shards; rank 0 alone filters, measures and
+    writes files, and all ranks meet at a barrier before the next generation.
+    """
     gen_dir = run.gen_dir(generation)
-    (gen_dir / "done").unlink(missing_ok=True)
+    lead = process_rank() == 0
+    if lead:
+        (gen_dir / "done").unlink(missing_ok=True)
     module, pool = train_generation(run, generation, make_trainer)
     model = module.model
-    atomic_write_bytes(gen_dir / "model.pt", _state_bytes(model))
-    kept, filter_stats = synthesize(run, model, generation)
+    lead = process_rank() == 0            # the process group may exist only now
+    if lead:
+        atomic_write_bytes(gen_dir / "model.pt", _state_bytes(model))
+    samples = synthesize_shards(run, model, generation)
+    if lead:
+        metrics = _store_and_measure(run, generation, module, pool, samples)
+    _barrier()
+    return metrics if lead else run.metrics_of(generation)
+
+
+def _store_and_measure(run: Run, generation: int, module, pool: Pool, samples: Pool) -> dict[str, float]:
+    gen_dir = run.gen_dir(generation)
+    model = module.model
+    kept, filter_stats = filter_pool(run, samples, generation)
     files = ["model.pt"]
     files += [f"pool/{f}" for f in kept.save(gen_dir / "pool").values()]
     lineage = Pool({}, pool.origin_generation, pool.origin_index)
@@ -149,6 +227,8 @@ def run_generation(run: Run, generation: int, make_trainer: TrainerFactory) -> d
     metrics = {k: _plain(v, k) for k, v in measured.items()}
     metrics.update(module.term_means())
     metrics.update(filter_stats)
+    metrics["train/steps"] = float(module.global_step)
+    metrics["train/world_size"] = float(module.trainer.world_size)
     metrics["pool/size"] = float(len(pool))
     metrics["pool/real_share"] = float(np.mean(np.asarray(pool.origin_generation) < 0)) if len(pool) else 0.0
     atomic_write_json(gen_dir / "metrics.json", metrics)

@@ -12,6 +12,7 @@ Run directory layout (``<root>/<name>/``)::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -101,6 +102,7 @@ class Run:
         self.dir = Path(config.root) / config.name
         self.requirements: frozenset[str] = frozenset()
         self.samples_per_generation = config.samples_per_generation or 0
+        self._shard: int | None = None
 
     # -- convenience for plugins ----------------------------------------------
     @property
@@ -116,8 +118,23 @@ class Run:
         return self.config.generations
 
     def torch_generator(self, generation: int, role: str) -> torch.Generator:
-        """CPU generator seeded from ``(run seed, generation, role)``."""
+        """CPU generator seeded from ``(run seed, generation, role)``.
+
+        Inside a synthesis shard, role ``"synthesize"`` is seeded per shard.
+        """
+        if role == "synthesize" and self._shard is not None:
+            role = f"synthesize/shard{self._shard}"
         return torch_generator(self.seed, generation, role)
+
+    @contextlib.contextmanager
+    def synthesis_shard(self, shard: int, size: int):
+        """While synthesizing shard ``shard``: ``samples_per_generation`` is ``size``, seeds are per shard."""
+        total, self._shard = self.samples_per_generation, shard
+        self.samples_per_generation = size
+        try:
+            yield
+        finally:
+            self.samples_per_generation, self._shard = total, None
 
     def rng(self, generation: int, role: str) -> np.random.Generator:
         """NumPy generator seeded from ``(run seed, generation, role)``."""
@@ -163,10 +180,18 @@ class Run:
                 raise RunStateError(
                     f"run directory {self.dir} was made by a different config ({shown}). "
                     f"Use a new run.name, or pass --run.overwrite true to delete it and start over.")
-            if diff:
+            if diff and self.is_lead:
                 shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(saved, yaml.safe_dump(self.config_dict, sort_keys=True).encode())
+        if self.is_lead:
+            atomic_write_bytes(saved, yaml.safe_dump(self.config_dict, sort_keys=True).encode())
+
+    @property
+    def is_lead(self) -> bool:
+        """True in the process that writes run files (global rank 0)."""
+        from .loop import process_rank
+
+        return process_rank() == 0
 
     def verify(self, generation: int) -> None:
         """Check a finished generation's files against its manifest; raise naming the bad file."""
