@@ -247,3 +247,20 @@ def test_plugins_listing_shows_builtins(cli):
 def test_unknown_command(cli):
     code, _, err = cli("rnu")
     assert code == 2 and "Did you mean 'run'" in err
+
+
+def test_fit_is_a_plain_lightning_cli_fit(cli, tmp_path):
+    code, out, err = cli("fit", "--model.task", "MarkovText", "--model.task.init_args.train_size", "32",
+                         "--model.task.init_args.heldout_size", "16", "--model.task.init_args.seq_len", "8",
+                         "--model.task.init_args.vocab_size", "8", "--model.task.init_args.n_layer", "1",
+                         "--model.task.init_args.n_embd", "8", "--trainer.max_steps", "3",
+                         "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+                         "--trainer.enable_checkpointing", "false",
+                         "--trainer.default_root_dir", str(tmp_path))
+    assert code == 0, err
+    assert "evaluation: heldout_nll=" in out and "kl=" in out
+
+
+def test_tasks_listing(cli):
+    code, out, _ = cli("tasks")
+    assert code == 0 and "markov-text" in out
