@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -54,7 +55,8 @@ def _import_path(path: str) -> PluginInfo:
         target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise PluginLoadError(f"cannot import plugin class_path {path!r}: {exc}") from None
-    dist = module_name.split(".")[0]
+    top = module_name.split(".")[0]
+    dist = (importlib.metadata.packages_distributions().get(top) or [top])[0]
     return PluginInfo(attr, dist, "", target, path, hooks=implemented_hooks(target))
 
 

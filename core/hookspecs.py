@@ -22,6 +22,9 @@ from __future__ import annotations
 
 from .markers import hookspec
 
+KNOWN_REQUIREMENTS = frozenset({"hidden_states", "reference_model", "forget_data", "features"})
+"""Requirement names a plugin may declare through :func:`requirements`."""
+
 
 @hookspec
 def configure(run):

@@ -13,11 +13,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import CollapsekitError, HookError
+from .errors import CollapsekitError, HookError, PluginConflict
+from .hookspecs import KNOWN_REQUIREMENTS
 from .fileio import atomic_write_bytes, atomic_write_json
 from .pool import Pool
 from .run import Run
 from .seeds import derive_seed
+
+ENGINE_METRIC_PREFIXES = ("loss/", "filter/", "synthetic/", "pool/", "train/")
+"""Metric key prefixes the engine writes itself; plugins may not use them."""
 
 TrainerFactory = Callable[[int, Any], Any]
 """``(generation, gen_dir) -> lightning.Trainer``: a fresh trainer for each generation."""
@@ -51,6 +55,14 @@ def start(run: Run) -> None:
     reqs: set[str] = set()
     for _, value in run.hooks.call("requirements", task=run.task):
         reqs.update([value] if isinstance(value, str) else value)
+    unknown = sorted(reqs - KNOWN_REQUIREMENTS)
+    if unknown:
+        import difflib
+
+        hints = {u: difflib.get_close_matches(u, sorted(KNOWN_REQUIREMENTS), n=1) for u in unknown}
+        shown = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
+        raise CollapsekitError(f"unknown requirement {shown} declared by the active plugins; "
+                               f"known requirements: {', '.join(sorted(KNOWN_REQUIREMENTS))}")
     missing = sorted(reqs - set(run.task.provides))
     if missing:
         from .errors import TaskIncompatible
@@ -223,7 +235,12 @@ def _store_and_measure(run: Run, generation: int, module, pool: Pool, samples: P
     lineage = Pool({}, pool.origin_generation, pool.origin_index)
     files += [f"train_lineage/{f}" for f in lineage.save(gen_dir / "train_lineage").values()]
     with torch.no_grad():
-        measured = run.hooks.merged("metrics", run=run, model=model, generation=generation)
+        measured, owners = run.hooks.merged_with_owners("metrics", run=run, model=model, generation=generation)
+    for key in measured:
+        if key.startswith(ENGINE_METRIC_PREFIXES):
+            raise PluginConflict(f"plugin {run.hooks.plugin_label(owners[key])}: metric {key!r} uses a prefix the "
+                                 f"engine writes itself ({', '.join(ENGINE_METRIC_PREFIXES)}); prefix it with the "
+                                 "plugin's name")
     metrics = {k: _plain(v, k) for k, v in measured.items()}
     metrics.update(module.term_means())
     metrics.update(filter_stats)

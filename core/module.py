@@ -59,9 +59,9 @@ class GenerationalModule(pl.LightningModule):
         if self._has_terms:
             extra, owners = self.hooks.merged_with_owners("loss_terms", module=self, batch=batch, outputs=outputs)
             for name, value in extra.items():
-                if name in terms:
+                if name in terms or name == "total":
                     raise CollapsekitError(f"plugin {self.hooks.plugin_label(owners[name])}: loss term name "
-                                           f"{name!r} is reserved for the task loss; rename it")
+                                           f"{name!r} is reserved for the engine (loss/task, loss/total); rename it")
                 if not isinstance(value, torch.Tensor) or value.numel() != 1:
                     raise CollapsekitError(f"plugin {self.hooks.plugin_label(owners[name])}: loss term "
                                            f"{name!r} must be a scalar tensor, got {type(value).__name__}")

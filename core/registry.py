@@ -116,6 +116,12 @@ def discover(group: str = PLUGIN_GROUP) -> dict[str, PluginInfo]:
             info.hooks = implemented_hooks(info.target)
         except Exception as exc:  # noqa: BLE001 - reported by name, never swallowed
             info.error = f"{type(exc).__name__}: {exc}"
+        clash = next((k for k in found if normalize(k) == normalize(ep.name)), None)
+        if clash is not None and found[clash].distribution != dist:
+            first = found[clash]
+            first.error = (f"the plugin name {ep.name!r} is declared by both {first.distribution} and {dist}; "
+                           f"uninstall one of them")
+            continue
         found[ep.name] = info
     return found
 

@@ -1,0 +1,316 @@
+"""Plots and tables: metric-vs-generation plots of a run, and rendering of a bench's ``results.json``.
+
+:func:`report` accepts either a run directory (``gen_<k>/metrics.json``; writes
+``plots/metrics.png`` and, when the task declares a ``headline``,
+``plots/headline.png``) or a bench directory (``results.json``; writes
+``RESULTS.md`` and ``plots/<task>.png``). Plots use matplotlib's Agg renderer
+through the object API (no pyplot state is touched).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import CollapsekitError
+
+MAX_PANELS = 4
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _figure(n_panels: int, ncols: int | None = None, width: float = 4.2, height: float = 3.0):
+    from matplotlib.figure import Figure
+
+    ncols = ncols or n_panels
+    nrows = math.ceil(n_panels / ncols)
+    total = height * nrows + 0.5
+    fig = Figure(figsize=(width * ncols, total))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    # fixed margins (in inches): the constrained layout engine doubles the drawing time of a big grid
+    fig.subplots_adjust(left=0.75 / (width * ncols), right=1 - 0.15 / (width * ncols), bottom=0.55 / total,
+                        top=1 - 0.8 / total, wspace=0.35, hspace=0.75 / (height - 0.75))
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def _generation_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("generation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = ax.get_xlim()
+    if hi - lo < 1:
+        ax.set_xlim(-0.5, 0.5)
+        ax.set_xticks([0])
+    ax.grid(alpha=0.3)
+
+
+def _arrow(direction: bool | None) -> str:
+    return {True: " ↑", False: " ↓"}.get(direction, "")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _finite(values: Iterable[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def mean_std(values: Iterable[Any]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof 1; 0 for one value) and count of the finite ``values``."""
+    xs = _finite(values)
+    if not xs:
+        return math.nan, math.nan, 0
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return mean, std, len(xs)
+
+
+def _task_attr(class_path: str | None, attr: str, default: Any) -> Any:
+    """``class_path``'s class attribute ``attr``, or ``default`` when it cannot be imported."""
+    if not class_path:
+        return default
+    module, _, name = class_path.replace(":", ".").rpartition(".")
+    try:
+        return getattr(getattr(importlib.import_module(module), name), attr, default)
+    except Exception:  # noqa: BLE001 - plots must not fail because a task no longer imports
+        return default
+
+
+# -- one run directory -------------------------------------------------------------------------
+def read_run_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """``metrics.json`` of every finished generation (``done`` present), in order."""
+    out = []
+    k = 0
+    while (run_dir / f"gen_{k}" / "done").is_file():
+        out.append(json.loads((run_dir / f"gen_{k}" / "metrics.json").read_text()))
+        k += 1
+    return out
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Draw every metric of a run against the generation; return the PNG paths written."""
+    run_dir = Path(run_dir)
+    metrics = read_run_metrics(run_dir)
+    if not metrics:
+        raise CollapsekitError(f"{run_dir} holds no finished generation (no gen_0/done); nothing to plot")
+    class_path = None
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        try:
+            class_path = ((yaml.safe_load(config.read_text()) or {}).get("task") or {}).get("class_path")
+        except yaml.YAMLError:
+            class_path = None
+    directions = dict(_task_attr(class_path, "higher_is_better", {}) or {})
+    headline = [m for m in (_task_attr(class_path, "headline", ()) or ()) if m in metrics[-1]]
+    names = sorted({k for m in metrics for k, v in m.items() if isinstance(v, (int, float))},
+                   key=lambda k: ("/" in k, k))
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for filename, chosen, ncols in (("metrics.png", names, 4), ("headline.png", headline, None)):
+        if not chosen:
+            continue
+        fig, axes = _figure(len(chosen), ncols=min(ncols or len(chosen), len(chosen)))
+        for ax, name in zip(axes, chosen):
+            gens = [g for g, m in enumerate(metrics) if name in m]
+            ax.plot(gens, [metrics[g][name] for g in gens], marker="o")
+            ax.set_title(name + _arrow(directions.get(name)), fontsize=10)
+            _generation_axis(ax)
+        fig.suptitle(run_dir.name)
+        path = out_dir / filename
+        fig.savefig(path, dpi=100)
+        written.append(path)
+    return written
+
+
+# -- bench results -------------------------------------------------------------------------------
+def _cells(results: Mapping) -> dict[str, dict[str, dict[int, dict[int, dict[str, Any]]]]]:
+    """``task -> method -> seed -> generation -> {metric: value}``."""
+    tree: dict = {}
+    for r in results["rows"]:
+        tree.setdefault(r["task"], {}).setdefault(r["method"], {}).setdefault(r["seed"], {}) \
+            .setdefault(r["generation"], {})[r["metric"]] = r["value"]
+    return tree
+
+
+def _method_order(results: Mapping, task: str, present: Iterable[str]) -> list[str]:
+    declared = list(((results.get("meta") or {}).get("tasks") or {}).get(task, {}).get("methods") or [])
+    present = list(present)
+    return [m for m in declared if m in present] + sorted(m for m in present if m not in declared)
+
+
+def headline_of(results: Mapping, task: str, metric_names: Sequence[str]) -> list[str]:
+    """The task's headline metrics present in ``metric_names`` (else its first directed metrics)."""
+    directions = results.get("metrics") or {}
+    declared = ((results.get("meta") or {}).get("headline") or {}).get(task) or []
+    chosen = [m for m in declared if m in metric_names]
+    if not chosen:
+        chosen = [m for m in metric_names if (directions.get(m) or {}).get("higher_is_better") is not None]
+    return chosen[:MAX_PANELS]
+
+
+def final_table(results: Mapping, task: str) -> tuple[list[str], list[str], dict[tuple[str, str], tuple]]:
+    """``(methods, metrics, {(method, metric): (mean, std, n)})`` at each cell's final generation.
+
+    Metrics: the headline first, then the task's declared metrics and every metric with a direction
+    (engine diagnostics such as ``loss/*`` or ``pool/size`` stay in ``results.json`` only).
+    """
+    tree = _cells(results)[task]
+    directions = results.get("metrics") or {}
+    declared = set((((results.get("meta") or {}).get("tasks") or {}).get(task) or {}).get("metrics") or [])
+    finals: dict[tuple[str, str], list] = {}
+    for method, seeds in tree.items():
+        for gens in seeds.values():
+            for metric, value in gens[max(gens)].items():
+                finals.setdefault((method, metric), []).append(value)
+    present = sorted({m for _, m in finals})
+    head = headline_of(results, task, present)
+    names = [m for m in present if m in declared or (directions.get(m) or {}).get("higher_is_better") is not None]
+    metrics = head + [m for m in names if m not in head]
+    methods = _method_order(results, task, tree)
+    return methods, metrics, {k: mean_std(v) for k, v in finals.items()}
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return "n/a"
+    return f"{mean:.4g}" if n == 1 else f"{mean:.4g} ± {std:.2g}"
+
+
+def render_markdown(results: Mapping, plots: Mapping[str, str] | None = None) -> str:
+    """``RESULTS.md`` text: the meta, then one table per task (rows = methods, columns = final metrics)."""
+    meta = results.get("meta") or {}
+    directions = results.get("metrics") or {}
+    wall = meta.get("wall_time_s") or {}
+    lines = ["# collapsekit benchmark results", ""]
+    facts = [("preset", meta.get("preset")), ("collapsekit", meta.get("version")),
+             ("commit", (meta.get("commit") or "unknown") + (" (uncommitted changes)" if meta.get("dirty") else "")),
+             ("device", meta.get("device")), ("torch", meta.get("torch")), ("lightning", meta.get("lightning")),
+             ("seeds", ", ".join(map(str, meta.get("seeds") or []))),
+             ("time", f"{wall.get('total', 0):.0f} s wall, {wall.get('total_cpu', 0):.0f} s CPU (sums over cells; "
+                      f"this invocation {wall.get('invocation', 0):.0f} s)"),
+             ("finished", meta.get("finished"))]
+    lines += [f"- **{k}**: {v}" for k, v in facts if v not in (None, "")]
+    lines += ["", "Each cell is one (task, method, seed) run of the engine with the same budget for every method "
+              "of a task. Tables show the **final generation**, mean ± sample std over seeds; ↑ / ↓ = higher / "
+              "lower is better (no arrow: reported, not ranked); **bold** = best mean in the column. Full "
+              "per-generation numbers: `results.json`.",
+              ""]
+    tree = _cells(results) if results.get("rows") else {}
+    cell_time: dict[tuple[str, str], list[float]] = {}
+    for c in wall.get("cells") or []:
+        cell_time.setdefault((c["task"], c["method"]), []).append(c["seconds"])
+    for task in tree:
+        methods, metrics, stats = final_table(results, task)
+        gens = sorted({g for seeds in tree[task].values() for gs in seeds.values() for g in gs})
+        preset = ((meta.get("tasks") or {}).get(task) or {}).get("preset") or {}
+        lines += [f"## {task}", "",
+                  f"{len(gens)} generations; trainer {json.dumps(preset.get('trainer', {}))}; "
+                  f"task {json.dumps(preset.get('task', {}))}", ""]
+        best: dict[str, float] = {}
+        for metric in metrics:
+            up = (directions.get(metric) or {}).get("higher_is_better")
+            means = [stats[(m, metric)][0] for m in methods if (m, metric) in stats and stats[(m, metric)][2]]
+            if len(means) > 1 and up is not None:
+                best[metric] = max(means) if up else min(means)
+        header = ["method", "seeds"] + [f"`{m}`{_arrow((directions.get(m) or {}).get('higher_is_better'))}"
+                                         for m in metrics] \
+            + ["wall s / seed"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in methods:
+            n_seeds = len(tree[task][method])
+            cells = []
+            for metric in metrics:
+                mean, std, n = stats.get((method, metric), (math.nan, math.nan, 0))
+                text = _fmt(mean, std, n)
+                is_best = n and metric in best and math.isclose(mean, best[metric], rel_tol=1e-9, abs_tol=1e-12)
+                cells.append(f"**{text}**" if is_best else text)
+            secs = cell_time.get((task, method))
+            lines.append("| " + " | ".join([f"`{method}`", str(n_seeds), *cells,
+                                            f"{sum(secs) / len(secs):.0f}" if secs else "?"]) + " |")
+        if plots and task in plots:
+            lines += ["", f"![{task}]({plots[task]})"]
+        lines.append("")
+    problems = [("Skipped", meta.get("skipped") or [], "reason"), ("Failed cells", meta.get("failures") or [], "error")]
+    for title, items, why in problems:
+        if items:
+            lines += [f"## {title}", ""]
+            lines += ["- " + " / ".join(f"`{item[k]}`" if k != "seed" else f"seed {item[k]}"
+                                        for k in ("task", "method", "seed") if k in item)
+                      + f": {item.get(why, '')}" for item in items]
+            lines.append("")
+    if meta.get("task_errors"):
+        lines += ["## Tasks that failed to import", ""]
+        lines += [f"- `{name}`: {err}" for name, err in meta["task_errors"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_plots(results: Mapping, out_dir: str | Path) -> dict[str, Path]:
+    """Per task, its headline metrics vs generation: a line per method (mean) and a ±std band over seeds."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    directions = results.get("metrics") or {}
+    preset = (results.get("meta") or {}).get("preset", "")
+    written: dict[str, Path] = {}
+    for task, methods in _cells(results).items():
+        names = sorted({m for seeds in methods.values() for gens in seeds.values() for ms in gens.values()
+                        for m in ms})
+        head = headline_of(results, task, names)
+        if not head:
+            continue
+        fig, axes = _figure(len(head))
+        for ax, metric in zip(axes, head):
+            for method in _method_order(results, task, methods):
+                seeds = methods[method]
+                gens = sorted({g for gs in seeds.values() for g in gs})
+                stats = [mean_std(seeds[s].get(g, {}).get(metric) for s in seeds) for g in gens]
+                xs = [g for g, st in zip(gens, stats) if st[2]]
+                mean = [st[0] for st in stats if st[2]]
+                std = [st[1] for st in stats if st[2]]
+                if not xs:
+                    continue
+                line, = ax.plot(xs, mean, marker="o", markersize=3, label=method)
+                if len(seeds) > 1:
+                    ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                    color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.set_title(metric + _arrow((directions.get(metric) or {}).get("higher_is_better")), fontsize=10)
+            _generation_axis(ax)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{task} ({preset}): mean ± std over seeds")
+        path = out_dir / f"{_safe(task)}.png"
+        fig.savefig(path, dpi=100)
+        written[task] = path
+    return written
+
+
+def render_bench(bench_dir: str | Path) -> list[Path]:
+    """Write ``RESULTS.md`` and ``plots/<task>.png`` from ``bench_dir/results.json``; return the paths."""
+    bench_dir = Path(bench_dir)
+    try:
+        results = json.loads((bench_dir / "results.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CollapsekitError(f"cannot read {bench_dir / 'results.json'}: {exc}") from None
+    plots = render_plots(results, bench_dir / "plots")
+    md = bench_dir / "RESULTS.md"
+    md.write_text(render_markdown(results, {t: p.relative_to(bench_dir).as_posix() for t, p in plots.items()}))
+    return [md, *plots.values()]
+
+
+def report(run_dir: str | Path) -> list[Path]:
+    """Redraw the plots of a run directory, or re-render a bench directory; return the files written."""
+    path = Path(run_dir)
+    if (path / "results.json").is_file():
+        return render_bench(path)
+    if (path / "gen_0").is_dir():
+        return plot_run(path)
+    raise CollapsekitError(f"{path} is neither a run directory (gen_0/) nor a bench directory (results.json); "
+                           "pass runs/<name> or the --out folder of `collapsekit bench`")

@@ -1,0 +1,25 @@
+"""collapsekit-accumulate: the replace / accumulate / accumulate-subsample / fresh-mix pool policies.
+
+The pure functions below need only NumPy (index selection, fresh-data schedules
+and the closed forms of Gerstgrasser et al. 2024). The collapsekit plugins live
+in ``collapsekit_accumulate.plugin`` (entry points ``accumulate``,
+``accumulate-subsample`` and ``fresh-mix``) and are not imported here, so the
+functions work without collapsekit installed.
+"""
+from .functional import (
+    SCHEDULES,
+    accumulate_error_bound,
+    accumulate_excess_error,
+    excess_error_unit,
+    exponential_schedule,
+    fresh_fraction,
+    fresh_mix_counts,
+    linear_schedule,
+    replace_excess_error,
+    subsample_indices,
+)
+
+__all__ = ["subsample_indices", "fresh_mix_counts", "fresh_fraction", "linear_schedule", "exponential_schedule",
+           "SCHEDULES", "excess_error_unit", "replace_excess_error", "accumulate_excess_error",
+           "accumulate_error_bound"]
+__version__ = "0.1.0"

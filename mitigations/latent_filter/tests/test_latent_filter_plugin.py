@@ -1,0 +1,183 @@
+"""The latent-filter plugin: option checks, task checks, selection on a stub task, conformance, and a real
+run under accumulate-subsample on digits-diffusion."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from collapsekit.errors import TaskIncompatible
+from collapsekit.plugins.tasks.digits_diffusion import DigitsDiffusion
+from collapsekit.pool import REAL, Pool
+from collapsekit.seeds import numpy_rng
+from collapsekit.testing import PluginConformance
+from collapsekit_latent_filter.plugin import LatentFilter
+
+SMOKE = DigitsDiffusion.preset("smoke")["task"]
+
+
+class Blobs:
+    """Two labelled Gaussian blobs in 2-D: class 0 near (-3, 0), class 1 near (3, 0)."""
+
+    name = "blobs"
+    pool_keys = ("x", "y")
+    input_key, label_key, num_classes = "x", "y", 2
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.y = np.repeat([0, 1], 50)
+        self.x = np.stack([np.where(self.y == 1, 3.0, -3.0), np.zeros(100)], 1) + 0.5 * rng.normal(size=(100, 2))
+
+    def real_pool(self) -> Pool:
+        return Pool.fresh({"x": self.x, "y": self.y}, REAL)
+
+
+def stub_run(task, tmp_path: Path, seed: int = 0):
+    return SimpleNamespace(task=task, dir=tmp_path, seed=seed, generations=3,
+                           rng=lambda g, role: numpy_rng(seed, g, role), gen_dir=lambda g: tmp_path / f"gen_{g}")
+
+
+def mixed_samples(n_good: int = 10, n_bad: int = 10) -> Pool:
+    """``n_good`` items in the blob of their label, then ``n_bad`` items in the other blob."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, size=n_good + n_bad)
+    centre = np.where(y == 1, 3.0, -3.0)
+    centre[n_good:] *= -1
+    x = np.stack([centre, np.zeros(len(y))], 1) + 0.5 * rng.normal(size=(len(y), 2))
+    return Pool.fresh({"x": x, "y": y}, 0)
+
+
+# -- options and task checks --------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, match", [
+    ({"keep": 0.0}, "keep"), ({"keep": 1.5}, "keep"), ({"scorer": "knn"}, "unknown scorer"),
+    ({"latent": "pixels"}, "unknown latent"), ({"latent": "text"}, "not implemented"),
+    ({"min_confidence": 1.0}, "min_confidence"), ({"rank": 0}, "rank"),
+])
+def test_bad_options_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LatentFilter(**kwargs)
+
+
+def test_configure_rejects_tasks_it_cannot_serve(tmp_path):
+    with pytest.raises(TaskIncompatible, match="encode"):
+        LatentFilter(latent="model").configure(stub_run(Blobs(), tmp_path))
+    with pytest.raises(TaskIncompatible, match="features"):
+        LatentFilter(latent="features").configure(stub_run(Blobs(), tmp_path))
+    with pytest.raises(TaskIncompatible, match="no pool array 'label'"):
+        LatentFilter(latent="input", label_key="label").configure(stub_run(Blobs(), tmp_path))
+    unlabeled = SimpleNamespace(name="plain", pool_keys=("tokens",))
+    with pytest.raises(TaskIncompatible, match="input_key/label_key"):
+        LatentFilter(latent="input").configure(stub_run(unlabeled, tmp_path))
+    LatentFilter(latent="input").configure(stub_run(Blobs(), tmp_path))          # accepted
+
+
+# -- selection -----------------------------------------------------------------------------------------
+def test_probe_filter_keeps_items_that_look_like_their_label(tmp_path):
+    run = stub_run(Blobs(), tmp_path)
+    plugin = LatentFilter(keep=0.5, latent="input")
+    plugin.configure(run)
+    mask, scores = plugin.filter_samples(run, mixed_samples(), 0)
+    assert mask.dtype == bool and mask.tolist() == [True] * 10 + [False] * 10
+    assert scores.shape == (20,) and scores[:10].min() > 0.9 > 0.1 > scores[10:].max()
+    stats = plugin.metrics(0)
+    assert stats["latent_filter/probe_accuracy"] == 1.0 and stats["latent_filter/label_agreement"] == 0.5
+    assert stats["latent_filter/threshold"] == pytest.approx(scores[:10].min())
+    assert plugin.metrics(1) == {}
+
+
+def test_keep_share_and_min_confidence(tmp_path):
+    run = stub_run(Blobs(), tmp_path)
+    mask, _ = LatentFilter(keep=0.25, latent="input").filter_samples(run, mixed_samples(), 0)
+    assert mask.sum() == 5 and mask[:10].sum() == 5
+    mask, _ = LatentFilter(keep=1.0, latent="input", min_confidence=0.5).filter_samples(run, mixed_samples(), 0)
+    assert mask.tolist() == [True] * 10 + [False] * 10
+
+
+class Lines(Blobs):
+    """Class 0 lies along the first axis, class 1 along the second (a little noise off the line)."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.y = np.repeat([0, 1], 50)
+        t = rng.normal(size=100) * 3
+        self.x = np.where(self.y[:, None] == 0, np.stack([t, 0 * t], 1), np.stack([0 * t, t], 1))
+        self.x = self.x + 0.01 * rng.normal(size=(100, 2))
+
+
+def test_subspace_scorer_drops_items_off_their_class_line(tmp_path):
+    run = stub_run(Lines(), tmp_path)
+    y = np.array([0, 1] * 10)
+    t = np.linspace(1, 4, 20)
+    on_line = np.where(y[:, None] == 0, np.stack([t, 0 * t], 1), np.stack([0 * t, t], 1))
+    x = on_line.copy()
+    x[10:] = on_line[10:] @ np.array([[0.0, 1.0], [1.0, 0.0]])     # the other class's line
+    plugin = LatentFilter(keep=0.5, scorer="subspace", latent="input", rank=1)
+    mask, scores = plugin.filter_samples(run, Pool.fresh({"x": x, "y": y}, 0), 0)
+    assert mask.tolist() == [True] * 10 + [False] * 10
+    assert scores.max() <= 0 and scores[:10].min() > -0.05 and scores[10:].max() < -0.95
+
+
+def test_random_scorer_is_a_seeded_blind_control(tmp_path):
+    run = stub_run(Blobs(), tmp_path)
+    plugin = LatentFilter(keep=0.5, scorer="random")
+    a, _ = plugin.filter_samples(run, mixed_samples(50, 50), 0)
+    b, _ = plugin.filter_samples(run, mixed_samples(50, 50), 0)
+    c, _ = plugin.filter_samples(run, mixed_samples(50, 50), 1)
+    assert a.sum() == 50 and np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_pickling_drops_the_fitted_state(tmp_path):
+    run = stub_run(Blobs(), tmp_path)
+    plugin = LatentFilter(latent="input")
+    plugin.filter_samples(run, mixed_samples(), 0)
+    assert plugin._cache
+    clone = pickle.loads(pickle.dumps(plugin))
+    assert clone._cache == {} and clone.keep == plugin.keep
+    mask, _ = clone.filter_samples(run, mixed_samples(), 0)
+    assert mask.tolist() == [True] * 10 + [False] * 10
+
+
+# -- real runs -----------------------------------------------------------------------------------------
+def smoke_task():
+    return DigitsDiffusion(**SMOKE)
+
+
+class TestLatentFilterConformance(PluginConformance):
+    plugin_name = "latent-filter"
+    plugin_args = {"keep": 0.5}
+    task_factory = staticmethod(smoke_task)
+
+
+def test_filter_under_accumulate_subsample_on_digits_diffusion(tmp_path):
+    pytest.importorskip("collapsekit_accumulate")
+    from collapsekit.testing import run_tiny
+
+    plugins = ["accumulate-subsample", {"class_path": "latent-filter", "init_args": {"keep": 0.5}}]
+    metrics = run_tiny(tmp_path, plugins, smoke_task(), name="lsf", generations=2, max_steps=10)
+    n = SMOKE["train_size"]
+    for m in metrics:
+        assert m["filter/latent-filter/kept"] == 0.5 and m["synthetic/kept"] == n // 2
+        assert 0.0 <= m["latent_filter/threshold"] <= m["latent_filter/kept_score"] <= 1.0
+        assert m["latent_filter/dropped_score"] <= m["latent_filter/threshold"]
+    run_dir = tmp_path / "lsf"
+    kept0 = Pool.load(run_dir / "gen_0" / "pool")
+    assert len(kept0) == n // 2
+    # generation 1 trains on the fixed budget, drawn from the real pool and generation 0's *kept* items only
+    lineage = Pool.load(run_dir / "gen_1" / "train_lineage")
+    assert len(lineage) == n and metrics[1]["pool/size"] == n
+    synthetic = lineage.origin_index[lineage.origin_generation == 0]
+    assert len(synthetic) and set(synthetic.tolist()) <= set(np.asarray(kept0.origin_index).tolist())
+    # the kept items are exactly the top half by xi of generation 0's samples: rescore them
+    from collapsekit.run import Run, RunConfig
+    from collapsekit.seeds import derive_seed
+
+    task = smoke_task()
+    task.setup(derive_seed(0, 0, "data"))
+
+    probe_run = Run(RunConfig(name="lsf", root=str(tmp_path), generations=2, seed=0), task)
+    plugin = LatentFilter(keep=0.5)
+    kept_scores, _ = plugin.score(probe_run, kept0, 0)
+    assert kept_scores.min().item() == pytest.approx(metrics[0]["latent_filter/threshold"], rel=1e-9)

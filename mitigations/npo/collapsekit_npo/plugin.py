@@ -1,0 +1,323 @@
+"""The ``gradient-ascent``, ``npo`` and ``npo-rt`` plugins: unlearning as generations.
+
+A run with one of them (and ``run.init: previous``) is an unlearning experiment:
+
+* generation 0 learns everything: the pool is the task's real pool and the loss is
+  the task's own loss (logged as ``loss/nll``);
+* generation ``g >= 1`` is unlearning phase ``g``: ``compose_pool`` returns the
+  task's ``forget_pool()`` and the loss is replaced by GA, NPO or NPO+RT. Each
+  phase stops after ``steps`` optimizer steps (default: one pass over the forget
+  set) or at the trainer's ``max_steps``, whichever comes first -- the trainer's
+  ``max_steps`` is the budget of generation 0. ``lr`` sets the phases' learning rate.
+* With ``continue_optimizer`` (default) the phases are slices of *one* unlearning
+  run: phase ``g >= 2`` starts from the optimizer state (Adam moments, step count)
+  phase ``g - 1`` ended with, saved as ``gen_<g>/unlearning_optimizer.pt`` so that a
+  resumed run continues identically. Without it every phase restarts the optimizer,
+  and Adam's first steps are then as large for NPO's shrinking gradient as for GA's.
+
+The task must provide ``forget_data`` (see :mod:`collapsekit.plugins.tasks.facts_unlearning`):
+``forget_pool()``, ``retain_pool()``, ``answer_mask(batch)`` and a batch key
+``"example_id"``; its ``step`` must return ``"logits"`` and ``"labels"``.
+
+NPO's reference is the model at the start of unlearning (generation 0's final
+weights). Its summed answer log-prob is computed once per forget example, on the
+first batch that holds it, and cached by ``example_id`` for the whole run.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+
+from collapsekit import hookimpl
+from collapsekit.errors import ConfigError, RunStateError, TaskIncompatible
+from collapsekit.fileio import atomic_write_bytes
+
+from .cache import RefLogpCache
+from .losses import gradient_ascent_loss, masked_nll, npo_loss, sequence_logprob
+
+FORGET_API = ("forget_pool", "retain_pool", "answer_mask")
+OPTIMIZER_FILE = "unlearning_optimizer.pt"
+
+
+def _positive_int_or_none(value: Any, what: str, who: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{who}: {what} must be an integer >= 1 or null, got {value!r}")
+    return value
+
+
+def _number(value: Any, what: str, who: str, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok or not np.isfinite(value):
+        raise ValueError(f"{who}: {what} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def _trainer(module: Any) -> Any:
+    try:
+        return getattr(module, "trainer", None)
+    except RuntimeError:  # a LightningModule not attached to a Trainer
+        return None
+
+
+class _Unlearning:
+    """Shared wiring: forget-set pool, phase budget and optimizer, generation-0 learning loss."""
+
+    replaces_task_loss: ClassVar[bool] = True
+    name: ClassVar[str] = "unlearning"
+    needs: ClassVar[frozenset[str]] = frozenset({"forget_data"})
+
+    def __init__(self, steps: int | None = None, lr: float | None = None, continue_optimizer: bool = True) -> None:
+        self.steps = _positive_int_or_none(steps, "steps", self.name)
+        self.lr = None if lr is None else _number(lr, "lr", self.name)
+        if not isinstance(continue_optimizer, bool):
+            raise ValueError(f"{self.name}: continue_optimizer must be true or false, got {continue_optimizer!r}")
+        self.continue_optimizer = continue_optimizer
+        self._pending_state: list | None = None
+        self._phase_ready = False
+
+    # -- hooks ------------------------------------------------------------------------------
+    @hookimpl
+    def configure(self, run):
+        task = run.task
+        missing = [m for m in FORGET_API if not callable(getattr(task, m, None))]
+        if missing or "forget_data" not in getattr(task, "provides", ()):
+            raise TaskIncompatible(
+                f"{self.name} unlearns a forget split, but task {task.name!r} provides no forget data "
+                f"(missing {', '.join(missing) or 'forget_data in provides'}); use the facts-unlearning task "
+                f"or a task implementing {', '.join(FORGET_API)}")
+        if run.config.init == "scratch":
+            raise ConfigError(
+                f"{self.name}: run.init is 'scratch', so every unlearning generation would start from random "
+                f"weights instead of the model that learned the facts; set run.init: previous (or base)")
+        self.reset()
+
+    @hookimpl
+    def requirements(self):
+        return set(self.needs)
+
+    @hookimpl
+    def compose_pool(self, run, generation, real):
+        return real if generation == 0 else run.task.forget_pool()
+
+    @hookimpl
+    def generation_start(self, run, generation, module):
+        self._phase_ready = False
+        self._pending_state = None
+        if generation >= 2 and self.continue_optimizer:
+            path = run.gen_dir(generation - 1) / OPTIMIZER_FILE
+            try:
+                self._pending_state = torch.load(path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise RunStateError(
+                    f"{self.name}: cannot read {path} ({type(exc).__name__}), the optimizer state that unlearning "
+                    f"generation {generation} continues from. Delete {run.gen_dir(generation - 1)} and the "
+                    f"generations after it and re-run, or set continue_optimizer: false") from None
+        self.start_phase(run, generation, module)
+
+    @hookimpl
+    def generation_end(self, run, generation, module):
+        trainer = _trainer(module)
+        if generation >= 1 and self.continue_optimizer and trainer is not None and run.is_lead:
+            buf = io.BytesIO()
+            torch.save([opt.state_dict() for opt in trainer.optimizers], buf)
+            atomic_write_bytes(run.gen_dir(generation) / OPTIMIZER_FILE, buf.getvalue())
+
+    @hookimpl
+    def loss_terms(self, module, batch, outputs):
+        if module.generation == 0:
+            return {"nll": outputs["loss"]}
+        missing = [k for k in ("logits", "labels") if k not in outputs]
+        if missing or "example_id" not in batch:
+            raise TaskIncompatible(f"{self.name} needs step outputs 'logits' and 'labels' and a batch key "
+                                   f"'example_id'; task {module.task.name!r} gives outputs {sorted(outputs)} "
+                                   f"and batch keys {sorted(batch)}")
+        trainer = _trainer(module)
+        if trainer is not None:
+            if not self._phase_ready:
+                self.prepare_optimizers(trainer.optimizers)
+            budget = self.budget(trainer)
+            if budget is not None and module.global_step + 1 >= budget:
+                trainer.should_stop = True      # this is the phase's last optimizer step
+        return self.unlearn_terms(module, batch, outputs)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Drop per-run state (called in ``configure``)."""
+
+    def start_phase(self, run: Any, generation: int, module: Any) -> None:
+        """Per-generation state of subclasses (called in ``generation_start``)."""
+
+    def prepare_optimizers(self, optimizers: list) -> None:
+        """Before the phase's first step: restore the carried optimizer state, then set ``lr``."""
+        if self._pending_state is not None:
+            if len(self._pending_state) != len(optimizers):
+                raise RunStateError(f"{self.name}: the saved unlearning optimizer state holds "
+                                    f"{len(self._pending_state)} optimizers, the task builds {len(optimizers)}")
+            for optimizer, state in zip(optimizers, self._pending_state):
+                optimizer.load_state_dict(state)
+        if self.lr is not None:
+            for optimizer in optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr
+        self._pending_state = None
+        self._phase_ready = True
+
+    def budget(self, trainer: Any) -> int | None:
+        """Optimizer steps of an unlearning phase: ``steps`` or one pass over the forget pool."""
+        if self.steps is not None:
+            return self.steps
+        batches = getattr(trainer, "num_training_batches", None)
+        return int(batches) if isinstance(batches, (int, float)) and np.isfinite(batches) else None
+
+    def unlearn_terms(self, module: Any, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, Any]
+                      ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+_COMMON_ARGS = """        steps: optimizer steps per unlearning generation (null: one pass over the forget set).
+        lr: learning rate of the unlearning generations (null: the task's optimizer as built).
+        continue_optimizer: unlearning generation g >= 2 continues the optimizer state of g - 1."""
+
+
+class GradientAscent(_Unlearning):
+    __doc__ = f"""Gradient ascent on the forget set: loss ``-NLL`` of the forget answers (the baseline that collapses).
+
+    Args:
+{_COMMON_ARGS}
+
+    Loss terms: ``nll`` (generation 0), ``ga`` = minus the mean answer-token NLL (generations >= 1).
+    """
+
+    name = "gradient-ascent"
+
+    def unlearn_terms(self, module, batch, outputs):
+        mask = module.task.answer_mask(batch)
+        return {"ga": gradient_ascent_loss(outputs["logits"], outputs["labels"], mask)}
+
+
+class NPO(_Unlearning):
+    __doc__ = f"""Negative Preference Optimization (Zhang et al. 2024) on the forget set, without a retain term.
+
+    Args:
+        beta: inverse temperature of NPO (open-unlearning's default 0.1).
+{_COMMON_ARGS}
+
+    Loss terms: ``nll`` (generation 0), ``npo`` (generations >= 1). Metrics:
+    ``<name>/ref_cached`` (forget examples with a cached reference log-prob) and
+    ``<name>/ref_forwards`` (examples sent through the reference model by this process:
+    each example once, so it equals ``ref_cached`` unless the run was resumed).
+    """
+
+    name = "npo"
+    needs = frozenset({"forget_data", "reference_model"})
+
+    def __init__(self, beta: float = 0.1, steps: int | None = None, lr: float | None = None,
+                 continue_optimizer: bool = True) -> None:
+        super().__init__(steps, lr, continue_optimizer)
+        self.beta = _number(beta, "beta", self.name)
+        self.cache = RefLogpCache()
+        self._reference_ready = False
+
+    def reset(self) -> None:
+        self.cache = RefLogpCache()
+
+    def start_phase(self, run, generation, module):
+        # the engine's reference_model is the model this generation starts from: generation 0's final
+        # weights only in the first unlearning generation (or always with init: base)
+        self._reference_ready = generation == 1 or run.config.init == "base"
+
+    def reference_model(self, module: Any) -> torch.nn.Module:
+        """The frozen start-of-unlearning model (generation 0's weights, loaded when first needed)."""
+        ref = module.reference_model
+        if ref is None:
+            raise TaskIncompatible(f"{self.name}: the module has no reference_model; the engine provides one "
+                                   f"when a plugin requires 'reference_model'")
+        if not self._reference_ready:
+            path = module.run.gen_dir(0) / "model.pt"
+            ref.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            ref.eval().requires_grad_(False)
+            self._reference_ready = True
+        return ref
+
+    def reference_logp(self, module: Any, batch: Mapping[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """Reference log-probs [N] of the batch's forget examples: cached, computed once per ``example_id``."""
+
+        def compute(rows: torch.Tensor) -> torch.Tensor:
+            ref = self.reference_model(module)
+            rows = rows.to(batch["tokens"].device)
+            sub = {k: v[rows] for k, v in batch.items()}
+            out = module.task.step(ref, sub, frozenset())
+            return sequence_logprob(out["logits"], out["labels"], module.task.answer_mask(sub))
+
+        return self.cache.lookup(batch["example_id"], compute, dtype=like.dtype, device=like.device)
+
+    def forget_logps(self, module, batch, outputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logp, ref_logp)`` [N] of the forget batch: summed answer log-probs, model and reference."""
+        logp = sequence_logprob(outputs["logits"], outputs["labels"], module.task.answer_mask(batch))
+        return logp, self.reference_logp(module, batch, logp)
+
+    def unlearn_terms(self, module, batch, outputs):
+        logp, ref = self.forget_logps(module, batch, outputs)
+        return {"npo": npo_loss(logp, ref, self.beta)}
+
+    @hookimpl
+    def metrics(self):
+        return {f"{self.name}/ref_cached": float(len(self.cache)),
+                f"{self.name}/ref_forwards": float(self.cache.forwarded)}
+
+
+class NPORT(NPO):
+    __doc__ = f"""NPO+RT: NPO on the forget set plus the NLL of retain examples, as open-unlearning's NPO trainer.
+
+    Loss ``forget_coeff * npo + retain_coeff * retain_nll`` (open-unlearning: ``gamma`` and
+    ``alpha``, both 1 by default), where ``retain_nll`` is the mean answer-token NLL of a
+    retain batch of the forget batch's size, drawn uniformly with replacement from
+    ``task.retain_pool()`` (one random retain item per forget item, as open-unlearning
+    pairs them) with ``run.torch_generator(generation, "npo-rt/retain")``.
+
+    Args:
+        beta: inverse temperature of NPO.
+        retain_coeff: weight ``alpha`` of the retain NLL.
+        forget_coeff: weight ``gamma`` of the NPO term.
+{_COMMON_ARGS}
+
+    Loss terms: ``nll`` (generation 0); ``npo`` (already times ``forget_coeff``) and
+    ``retain_nll`` (already times ``retain_coeff``) in generations >= 1.
+    """
+
+    name = "npo-rt"
+
+    def __init__(self, beta: float = 0.1, retain_coeff: float = 1.0, forget_coeff: float = 1.0,
+                 steps: int | None = None, lr: float | None = None, continue_optimizer: bool = True) -> None:
+        super().__init__(beta, steps, lr, continue_optimizer)
+        self.retain_coeff = _number(retain_coeff, "retain_coeff", self.name, allow_zero=True)
+        self.forget_coeff = _number(forget_coeff, "forget_coeff", self.name, allow_zero=True)
+        self._retain: Any = None
+        self._generator: torch.Generator | None = None
+
+    def start_phase(self, run, generation, module):
+        super().start_phase(run, generation, module)
+        self._retain = run.task.retain_pool()
+        self._generator = run.torch_generator(generation, "npo-rt/retain")
+
+    def retain_batch(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """``n`` retain items drawn uniformly with replacement."""
+        if self._retain is None or self._generator is None:
+            raise RuntimeError("npo-rt: generation_start was not called before loss_terms")
+        if len(self._retain) == 0:
+            raise TaskIncompatible("npo-rt: the task's retain_pool() is empty; use npo or give the task retain data")
+        idx = torch.randint(len(self._retain), (n,), generator=self._generator).numpy()
+        return {k: torch.as_tensor(np.asarray(v[idx])).to(device) for k, v in self._retain.arrays.items()}
+
+    def unlearn_terms(self, module, batch, outputs):
+        logp, ref = self.forget_logps(module, batch, outputs)
+        retain = self.retain_batch(len(logp), outputs["logits"].device)
+        out = module.task.step(module.model, retain, module.requirements)
+        retain_nll = masked_nll(out["logits"], out["labels"], module.task.answer_mask(retain))
+        return {"npo": self.forget_coeff * npo_loss(logp, ref, self.beta),
+                "retain_nll": self.retain_coeff * retain_nll.to(logp.dtype)}

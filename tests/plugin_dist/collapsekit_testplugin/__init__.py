@@ -1,0 +1,1 @@
+"""A tiny third-party collapsekit plugin distribution used by collapsekit's tests."""

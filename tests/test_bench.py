@@ -1,0 +1,231 @@
+"""The benchmark runner (collapsekit.bench), its rendering (collapsekit.report) and the perf smoke."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+
+from collapsekit.bench import check_method, method_parts, method_plugins, plan, run_bench
+from collapsekit.errors import CollapsekitError, ConfigError, PluginLoadError, PluginNotFound
+from collapsekit.registry import PluginInfo
+
+TINY = {"task": {"vocab_size": 16, "seq_len": 16, "train_size": 64, "heldout_size": 32, "n_layer": 1,
+                 "n_embd": 16, "n_head": 2, "batch_size": 16},
+        "trainer": {"max_steps": 3}, "generations": 2}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    """One real smoke bench: markov-text x baseline x seed 0, 2 generations, tiny sizes."""
+    out = tmp_path_factory.mktemp("bench")
+    results = run_bench("smoke", tasks=["markov-text"], methods=["baseline"], seeds=[0], out=out, progress=False,
+                        overrides={"markov-text": TINY}, fail_fast=True)
+    return out, results
+
+
+def test_results_json_has_exactly_the_long_format(bench_dir):
+    out, returned = bench_dir
+    results = json.loads((out / "results.json").read_text())
+    assert results == returned
+    assert set(results) == {"meta", "metrics", "rows"}
+    meta = results["meta"]
+    for key in ("version", "commit", "torch", "lightning", "device", "seeds", "preset", "wall_time_s"):
+        assert key in meta, key
+    assert meta["preset"] == "smoke" and meta["seeds"] == [0]
+    wall = meta["wall_time_s"]
+    assert [(c["task"], c["method"], c["seed"]) for c in wall["cells"]] == [("markov-text", "baseline", 0)]
+    assert wall["total"] == pytest.approx(sum(c["seconds"] for c in wall["cells"])) and wall["total"] > 0
+    rows = results["rows"]
+    assert rows and all(set(r) == {"task", "method", "seed", "generation", "metric", "value"} for r in rows)
+    assert {(r["task"], r["method"], r["seed"]) for r in rows} == {("markov-text", "baseline", 0)}
+    assert {r["generation"] for r in rows} == {0, 1}
+    assert all(isinstance(r["value"], float) or r["value"] is None for r in rows)
+    assert {r["metric"] for r in rows} == set(results["metrics"])
+    assert all(set(v) == {"higher_is_better"} and v["higher_is_better"] in (True, False, None)
+               for v in results["metrics"].values())
+    assert results["metrics"]["kl"] == {"higher_is_better": False}
+    assert results["metrics"]["tail_coverage_2"] == {"higher_is_better": True}
+    assert results["metrics"]["pool/size"] == {"higher_is_better": None}   # engine diagnostic: not ranked
+
+
+def test_rows_are_the_run_directory_metrics(bench_dir):
+    out, results = bench_dir
+    run_dir = out / "runs" / "smoke" / "markov-text" / "baseline-s0"
+    for g in (0, 1):
+        on_disk = json.loads((run_dir / f"gen_{g}" / "metrics.json").read_text())
+        rows = {r["metric"]: r["value"] for r in results["rows"] if r["generation"] == g}
+        assert rows == {k: (v if math.isfinite(v) else None) for k, v in on_disk.items()}
+    config = (run_dir / "config.yaml").read_text()
+    assert "MarkovText" in config and "max_steps: 3" in config
+
+
+def test_results_md_and_plots(bench_dir):
+    out, results = bench_dir
+    md = (out / "RESULTS.md").read_text()
+    assert "## markov-text" in md and "| `baseline` | 1 |" in md
+    assert "`kl` ↓" in md and "`tail_coverage_2` ↑" in md
+    assert "**preset**: smoke" in md and results["meta"]["commit"] in md
+    final_kl = next(r["value"] for r in results["rows"] if r["generation"] == 1 and r["metric"] == "kl")
+    assert f"{final_kl:.4g}" in md
+    png = out / "plots" / "markov-text.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert "![markov-text](plots/markov-text.png)" in md
+
+
+def test_rerun_resumes_without_retraining(bench_dir):
+    out, results = bench_dir
+    done = out / "runs" / "smoke" / "markov-text" / "baseline-s0" / "gen_1" / "done"
+    stamp = done.stat().st_mtime_ns
+    again = run_bench("smoke", tasks=["markov-text"], methods=["baseline"], seeds=[0], out=out, progress=False,
+                      overrides={"markov-text": TINY}, fail_fast=True)
+    assert done.stat().st_mtime_ns == stamp
+    assert again["rows"] == results["rows"]
+    assert again["meta"]["wall_time_s"]["cells"] == results["meta"]["wall_time_s"]["cells"]
+
+
+def test_later_calls_with_other_cells_merge_into_results(tmp_path):
+    one = {"markov-text": {**TINY, "generations": 1, "trainer": {"max_steps": 1}}}
+    run_bench("smoke", tasks=["markov-text"], methods=["baseline"], seeds=[0], out=tmp_path, progress=False,
+              overrides=one, fail_fast=True)
+    merged = run_bench("smoke", tasks=["markov-text"], methods=["baseline"], seeds=[1], out=tmp_path,
+                       progress=False, overrides=one, fail_fast=True)
+    assert {r["seed"] for r in merged["rows"]} == {0, 1}
+    assert merged["meta"]["seeds"] == [0, 1] and merged["meta"]["tasks"]["markov-text"]["seeds"] == [0, 1]
+    assert [c["seed"] for c in merged["meta"]["wall_time_s"]["cells"]] == [0, 1]
+    assert "| `baseline` | 2 |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_report_rerenders_a_bench_dir(bench_dir):
+    from collapsekit.report import report
+
+    out, _ = bench_dir
+    before = (out / "RESULTS.md").read_text()
+    (out / "RESULTS.md").unlink()
+    (out / "plots" / "markov-text.png").unlink()
+    paths = report(out)
+    assert out / "RESULTS.md" in paths and (out / "plots" / "markov-text.png").is_file()
+    assert (out / "RESULTS.md").read_text() == before
+
+
+def test_report_plots_a_single_run(tmp_path, tiny_task):
+    from collapsekit.dispatch import build_manager
+    from collapsekit.loop import execute, trainer_factory
+    from collapsekit.report import report
+    from collapsekit.run import Run, RunConfig
+
+    config = RunConfig(name="r", root=str(tmp_path), generations=2)
+    task_config = {"class_path": "collapsekit.plugins.tasks.markov_text.MarkovText", "init_args": {}}
+    run = Run(config, tiny_task, build_manager([]), {"run": vars(config), "task": task_config})
+    execute(run, trainer_factory(max_steps=2, enable_progress_bar=False, logger=False))
+    paths = report(tmp_path / "r")
+    assert {p.name for p in paths} == {"metrics.png", "headline.png"}
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in paths)
+    with pytest.raises(CollapsekitError, match="neither a run directory"):
+        report(tmp_path)
+
+
+def test_markdown_table_mean_std_and_best():
+    from collapsekit.report import render_markdown
+
+    values = {("a", 0): 2.0, ("a", 1): 4.0, ("b", 0): 1.0, ("b", 1): 1.5}   # loss: lower is better
+    rows = [{"task": "t", "method": m, "seed": s, "generation": g, "metric": "loss", "value": v + g}
+            for (m, s), v in values.items() for g in (0, 1)]
+    rows += [{"task": "t", "method": m, "seed": s, "generation": 1, "metric": "acc", "value": 0.5 + s / 10}
+             for m in "ab" for s in (0, 1)]
+    rows += [{"task": "t", "method": m, "seed": s, "generation": 1, "metric": name, "value": 1.0 + s}
+             for m in "ab" for s in (0, 1) for name in ("entropy", "pool/size")]
+    md = render_markdown({"meta": {"preset": "x", "tasks": {"t": {"metrics": ["acc", "entropy", "loss"]}}},
+                          "rows": rows,
+                          "metrics": {"loss": {"higher_is_better": False}, "acc": {"higher_is_better": True},
+                                      "entropy": {"higher_is_better": None},
+                                      "pool/size": {"higher_is_better": None}}})
+    line_a = next(line for line in md.splitlines() if line.startswith("| `a`"))
+    line_b = next(line for line in md.splitlines() if line.startswith("| `b`"))
+    mean_a, sd_a = statistics.mean([3.0, 5.0]), statistics.stdev([3.0, 5.0])
+    mean_b, sd_b = statistics.mean([2.0, 2.5]), statistics.stdev([2.0, 2.5])
+    assert f"{mean_a:.4g} ± {sd_a:.2g}" in line_a and f"**{mean_b:.4g} ± {sd_b:.2g}**" in line_b
+    assert f"**{mean_a:.4g}" not in line_a
+    assert line_a.count("**0.55 ± 0.071**") == 1 and line_b.count("**0.55 ± 0.071**") == 1  # a tie: both best
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "`entropy` |" in header and "`loss` ↓" in header and "pool/size" not in header  # declared, unranked
+    assert "1.5 ± 0.71 |" in line_a and "**1.5" not in line_a
+
+
+def test_method_names():
+    assert method_parts("baseline") == []
+    assert method_parts("accumulate+latent_filter") == ["accumulate", "latent_filter"]
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        method_parts("baseline+accumulate")
+    with pytest.raises(ConfigError, match="bad method"):
+        method_parts("a++b")
+    assert method_plugins("a+b", {"B": {"x": 1}}) == ["a", {"class_path": "b", "init_args": {"x": 1}}]
+
+
+def test_unknown_method_is_an_error_with_did_you_mean(tmp_path):
+    with pytest.raises(PluginNotFound, match="Did you mean 'baseline'"):
+        run_bench("smoke", tasks=["markov-text"], methods=["basline"], out=tmp_path / "b", progress=False)
+    with pytest.raises(PluginNotFound, match="Did you mean 'ancestral'"):
+        run_bench("smoke", tasks=["markov-text"], methods=["ancestrl"], out=tmp_path / "b", progress=False)
+    assert not (tmp_path / "b").exists()
+    broken = {"broken": PluginInfo("broken", "collapsekit-broken", "0.1", error="ImportError: no torch")}
+    with pytest.raises(PluginLoadError, match="collapsekit-broken"):
+        check_method("broken", broken)
+
+
+class FakeTask:
+    bench_methods = ("baseline", "not-installed-plugin", "ancestral+not-installed-either")
+    headline = ("m",)
+    higher_is_better = {"m": True}
+
+    @classmethod
+    def preset(cls, name):
+        if name != "cpu":
+            raise ValueError(f"unknown preset {name!r}")
+        return {"task": {"size": 3}, "trainer": {"max_steps": 7}, "generations": 2, "seeds": [4, 5]}
+
+
+def test_plan_skips_default_methods_that_are_not_installed(monkeypatch, capsys):
+    import collapsekit.bench as bench
+
+    monkeypatch.setattr(bench, "load_tasks", lambda names=None: ({"fake": FakeTask},
+                                                                 {"gone": "collapsekit-x: ImportError: boom"}))
+    cells, info = plan("cpu")
+    assert [(c["method"], c["seed"]) for c in cells] == [("baseline", 4), ("baseline", 5)]
+    assert all(c["trainer"]["max_steps"] == 7 and c["generations"] == 2 and c["plugins"] == [] for c in cells)
+    assert [s["method"] for s in info["skipped"]] == ["not-installed-plugin", "ancestral+not-installed-either"]
+    assert info["task_errors"] == {"gone": "collapsekit-x: ImportError: boom"}
+    printed = capsys.readouterr().out
+    assert "'gone' failed to import" in printed and "not-installed-plugin" in printed
+    # explicit seeds and an override apply to every method alike; a missing preset is reported
+    cells, _ = plan("cpu", methods=["baseline", "ancestral"], seeds=[0],
+                    overrides={"*": {"trainer": {"max_steps": 2}}}, progress=False)
+    assert [(c["method"], c["trainer"]["max_steps"]) for c in cells] == [("baseline", 2), ("ancestral", 2)]
+    _, info = plan("gpu", progress=False)
+    assert info["skipped"][0]["task"] == "fake" and "no 'gpu' preset" in info["skipped"][0]["reason"]
+
+
+def test_requested_task_that_fails_to_import_is_an_error(monkeypatch):
+    import collapsekit.registry as registry
+
+    broken = {"markov-text": PluginInfo("markov-text", "collapsekit", "0", error="SyntaxError: bad")}
+    monkeypatch.setattr(registry, "discover", lambda group="collapsekit": broken)
+    with pytest.raises(PluginLoadError, match="SyntaxError"):
+        plan("smoke", tasks=["markov-text"])
+    with pytest.raises(PluginNotFound, match="Did you mean 'markov-text'"):
+        plan("smoke", tasks=["markov-txt"])
+
+
+def test_perf_smoke_writes_every_section(tmp_path):
+    from collapsekit.perf import run_perf
+
+    result = run_perf(tmp_path, smoke=True)
+    text = (tmp_path / "PERF.md").read_text()
+    for title in ("Engine overhead", "Plugin dispatch", "Synthesis throughput", "NPO", "Token editing",
+                  "Time and memory per generation"):
+        assert f"## {title}" in text, title
+    assert len(result["sections"]) == 6
+    assert json.loads((tmp_path / "perf.json").read_text())["sections"][0]["title"].startswith("Engine")
+    assert "max |weight difference| between the two trained models = 0" in text   # the same steps
