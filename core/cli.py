@@ -306,8 +306,14 @@ def cmd_bench(argv: Sequence[str]) -> int:
     p.add_argument("--methods", help="comma-separated methods, combos joined by + (default: each task's)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--out", default="bench", help="output directory (default: bench)")
+    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel in that many processes (default: 1)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell instead of recording it")
+    p.add_argument("--write-configs", metavar="DIR",
+                   help="write one YAML per planned cell (seed 0) into DIR instead of running")
     p.add_argument("--perf", action="store_true", help="run the performance benchmarks instead (PERF.md)")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
 
     def split(s):
         return [x.strip() for x in s.split(",") if x.strip()] if s else None
@@ -317,15 +323,20 @@ def cmd_bench(argv: Sequence[str]) -> int:
 
         run_perf(out=args.out)
         return 0
-    from .bench import run_bench
+    from .bench import run_bench, write_bench_configs
 
+    if args.write_configs:
+        for path in write_bench_configs(args.write_configs, args.preset, split(args.tasks), split(args.methods)):
+            print(path)
+        return 0
     seeds = None
     if args.seeds:
         try:
             seeds = [int(s) for s in split(args.seeds)]
         except ValueError:
             raise ConfigError(f"--seeds must be integers separated by commas, got {args.seeds!r}") from None
-    run_bench(preset=args.preset, tasks=split(args.tasks), methods=split(args.methods), seeds=seeds, out=args.out)
+    run_bench(preset=args.preset, tasks=split(args.tasks), methods=split(args.methods), seeds=seeds, out=args.out,
+              jobs=args.jobs, fail_fast=args.fail_fast)
     return 0
 
 

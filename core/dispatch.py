@@ -19,7 +19,7 @@ import pluggy
 from . import hookspecs
 from .errors import CollapsekitError, HookError, PluginConflict, PluginError, PluginLoadError
 from .markers import PROJECT
-from .registry import PluginInfo, discover, implemented_hooks, instantiate, registered, resolve
+from .registry import PluginInfo, discover, implemented_hooks, instantiate, normalize, registered, resolve
 
 DEFAULT_PLUGINS = ("replace", "ancestral", "probes")
 HOOK_NAMES = tuple(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{PROJECT}_spec"))
@@ -92,7 +92,13 @@ def register_plugin(pm: pluggy.PluginManager, obj: Any, name: str, dist: str) ->
 
 def build_manager(plugins: Iterable[Any], available: Mapping[str, PluginInfo] | None = None,
                   defaults: Iterable[str] = DEFAULT_PLUGINS) -> "Hooks":
-    """A :class:`Hooks` holding the defaults, the listed plugins and in-process registrations."""
+    """A :class:`Hooks` holding the defaults, the listed plugins and in-process registrations.
+
+    A default that the run lists itself (e.g. ``probes`` with init args) is built once, from
+    the listed entry, instead of the default.
+    """
+    specs = [PluginSpec.parse(item) for item in plugins]
+    listed = {normalize(spec.name) for spec in specs}
     available = dict(discover() if available is None else available)
     pm = new_plugin_manager()
     dists: dict[str, str] = {}
@@ -106,10 +112,11 @@ def build_manager(plugins: Iterable[Any], available: Mapping[str, PluginInfo] | 
         objects[info.name] = obj
 
     for name in defaults:
+        if normalize(name) in listed:
+            continue
         info = resolve(name, available)
         add(info, instantiate(info))
-    for item in plugins:
-        spec = PluginSpec.parse(item)
+    for spec in specs:
         if "." in spec.name:
             info = _import_path(spec.name)
         else:

@@ -76,9 +76,12 @@ def synthesize(run, model, generation):
     does not depend on the number of workers. Return ``dict[str,
     numpy.ndarray]`` with the task's pool array names and exactly
     ``run.samples_per_generation`` items (the shard's size; the engine adds
-    lineage), or ``None`` to leave it to the next implementation. Draw
-    randomness only from ``run.torch_generator(generation, "synthesize")``
-    (seeded per shard) so that results do not depend on resume points.
+    lineage), or ``None`` to leave it to the next implementation.
+    ``run.synthesis_slice`` (a ``slice``) and ``run.synthesis_total`` say which
+    items of the whole generation this shard makes, for plugins that plan
+    over the whole generation. Draw randomness only from
+    ``run.torch_generator(generation, "synthesize")`` (seeded per shard) so
+    that results do not depend on resume points or the number of workers.
 
     firstresult: the built-in ``ancestral`` (``trylast``) samples from the model
     with the task's sampler.

@@ -160,7 +160,7 @@ def synthesize_shards(run: Run, model: torch.nn.Module, generation: int) -> Pool
     mine: dict[int, dict[str, np.ndarray]] = {}
     for shard, size in shards[rank::world]:
         torch.manual_seed(derive_seed(run.seed, generation, f"synthesize-global/shard{shard}"))
-        with run.synthesis_shard(shard, size):
+        with run.synthesis_shard(shard, size, start=shard * SHARD_SIZE):
             name, arrays = run.hooks.first("synthesize", run=run, model=model, generation=generation)
         if arrays is None:
             raise CollapsekitError("no synthesize plugin returned samples; is the built-in 'ancestral' disabled?")

@@ -103,6 +103,10 @@ class Run:
         self.requirements: frozenset[str] = frozenset()
         self.samples_per_generation = config.samples_per_generation or 0
         self._shard: int | None = None
+        self.synthesis_slice: slice | None = None
+        """Inside a synthesis shard: which items of the generation's pool this call makes."""
+        self.synthesis_total: int | None = None
+        """Inside a synthesis shard: how many items the whole generation makes."""
 
     # -- convenience for plugins ----------------------------------------------
     @property
@@ -127,14 +131,19 @@ class Run:
         return torch_generator(self.seed, generation, role)
 
     @contextlib.contextmanager
-    def synthesis_shard(self, shard: int, size: int):
-        """While synthesizing shard ``shard``: ``samples_per_generation`` is ``size``, seeds are per shard."""
+    def synthesis_shard(self, shard: int, size: int, start: int | None = None):
+        """While synthesizing shard ``shard`` (items ``start:start+size`` of the generation):
+        ``samples_per_generation`` is ``size``, ``synthesis_slice``/``synthesis_total`` say which
+        part of the whole this is, and role ``"synthesize"`` is seeded per shard."""
         total, self._shard = self.samples_per_generation, shard
+        start = shard * size if start is None else start
         self.samples_per_generation = size
+        self.synthesis_slice, self.synthesis_total = slice(start, start + size), total
         try:
             yield
         finally:
             self.samples_per_generation, self._shard = total, None
+            self.synthesis_slice = self.synthesis_total = None
 
     def rng(self, generation: int, role: str) -> np.random.Generator:
         """NumPy generator seeded from ``(run seed, generation, role)``."""

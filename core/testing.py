@@ -379,8 +379,10 @@ class CheckingHooks(Hooks):
         self.subject = subject
         self.calls: Counter = Counter()
         self.answers: Counter = Counter()
-        self.metric_keys: set[str] = set()
-        self.term_names: set[str] = set()
+        self.metric_keys: dict[int, set[str]] = {}
+        """Metric keys the subject returned, per generation."""
+        self.term_names: dict[int, set[str]] = {}
+        """Loss-term names the subject returned, per generation."""
         self._grad_checked: set[str] = set()
 
     def _invoke(self, hook, name, function, argnames, kwargs):
@@ -397,9 +399,9 @@ class CheckingHooks(Hooks):
                 f"(generation {kwargs.get('generation', getattr(kwargs.get('module'), 'generation', '?'))}):\n  - "
                 + "\n  - ".join(problems) + f"\nContract: {_contract(hook)} (see `collapsekit hooks`)")
         if hook == "metrics":
-            self.metric_keys |= set(value)
+            self.metric_keys.setdefault(kwargs["generation"], set()).update(value)
         elif hook == "loss_terms":
-            self.term_names |= set(value)
+            self.term_names.setdefault(kwargs["module"].generation, set()).update(value)
         return value
 
 
@@ -450,11 +452,13 @@ def quiet_lightning() -> Iterator[None]:
 
 def run_tiny(root: str | Path, plugins: Sequence[Any] = (), task: Any = None, hooks: Hooks | None = None,
              name: str = "tiny", generations: int = 2, max_steps: int = 5, seed: int = 0,
-             trainer_kwargs: Mapping[str, Any] | None = None) -> list[dict[str, float]]:
+             trainer_kwargs: Mapping[str, Any] | None = None,
+             run_options: Mapping[str, Any] | None = None) -> list[dict[str, float]]:
     """A real generational run (real pluggy, real Lightning ``Trainer``) of a few seconds or less.
 
     ``plugins`` as in ``run.plugins``; ``task`` defaults to :func:`toy_task`;
-    ``hooks`` overrides the manager built from ``plugins``. Returns one metrics
+    ``hooks`` overrides the manager built from ``plugins``; ``run_options`` are
+    further :class:`~collapsekit.run.RunConfig` fields (e.g. ``init``). Returns one metrics
     dict per generation; files go to ``root/name/gen_<k>/``.
     """
     from .loop import execute, trainer_factory
@@ -462,7 +466,8 @@ def run_tiny(root: str | Path, plugins: Sequence[Any] = (), task: Any = None, ho
 
     task = toy_task() if task is None else task
     hooks = build_manager(list(plugins)) if hooks is None else hooks
-    config = RunConfig(name=name, root=str(root), generations=generations, seed=seed, plugins=list(plugins))
+    config = RunConfig(name=name, root=str(root), generations=generations, seed=seed, plugins=list(plugins),
+                       **dict(run_options or {}))
     kwargs = {"max_steps": max_steps, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
               "logger": False, "log_every_n_steps": 1, **dict(trainer_kwargs or {})}
     with quiet_lightning():
@@ -517,6 +522,7 @@ class PluginConformance:
     ``plugin_args``). Optional: ``task_factory`` (a fresh task; default
     :func:`toy_task`), ``extra_plugins`` (other plugins the run needs, as in
     ``run.plugins``), ``generations``, ``max_steps``, ``trainer_kwargs``,
+    ``run_options`` (further ``RunConfig`` fields, e.g. ``{"init": "previous"}``),
     ``may_abstain`` (value hooks allowed to return ``None`` on every call of the
     tiny run) and ``nondeterministic_metrics`` (keys left out of the seed check,
     e.g. timings).
@@ -531,6 +537,7 @@ class PluginConformance:
     max_steps: ClassVar[int] = 5
     seed: ClassVar[int] = 0
     trainer_kwargs: ClassVar[Mapping[str, Any]] = {}
+    run_options: ClassVar[Mapping[str, Any]] = {}
     may_abstain: ClassVar[tuple[str, ...]] = ()
     nondeterministic_metrics: ClassVar[tuple[str, ...]] = ()
 
@@ -564,7 +571,8 @@ class PluginConformance:
         hooks = build_hooks(obj, name, dist, self.extra_plugins)
         metrics = run_tiny(root, self.extra_plugins, self.make_task(), hooks=hooks,
                            name=re.sub(r"\W", "_", name) or "plugin", generations=self.generations,
-                           max_steps=self.max_steps, seed=self.seed, trainer_kwargs=self.trainer_kwargs)
+                           max_steps=self.max_steps, seed=self.seed, trainer_kwargs=self.trainer_kwargs,
+                           run_options=self.run_options)
         return _TinyResult(metrics, hooks, root)
 
     def first_run(self, tmp_path_factory) -> _TinyResult:
@@ -620,8 +628,8 @@ class PluginConformance:
             assert (gen_dir / "done").is_file(), f"{gen_dir}/done missing"
             saved = json.loads((gen_dir / "metrics.json").read_text())
             assert saved.keys() == metrics.keys() and all(_same(saved[k], metrics[k]) for k in saved)
-            missing = sorted(result.hooks.metric_keys - set(metrics))
-            missing += sorted(f"loss/{t}" for t in result.hooks.term_names if f"loss/{t}" not in metrics)
+            missing = sorted(result.hooks.metric_keys.get(g, set()) - set(metrics))
+            missing += sorted(f"loss/{t}" for t in result.hooks.term_names.get(g, ()) if f"loss/{t}" not in metrics)
             assert not missing, f"{_label(name, dist)}: {missing} missing from gen_{g}/metrics.json"
 
     def test_hook_results_well_formed(self, tmp_path_factory):

@@ -229,3 +229,28 @@ def test_perf_smoke_writes_every_section(tmp_path):
     assert len(result["sections"]) == 6
     assert json.loads((tmp_path / "perf.json").read_text())["sections"][0]["title"].startswith("Engine")
     assert "max |weight difference| between the two trained models = 0" in text   # the same steps
+
+
+def _body(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_shipped_bench_configs_are_what_the_suite_runs(tmp_path, cli, preset):
+    """configs/bench/ holds every planned cell (seed 0) exactly as `bench --write-configs` writes it."""
+    from pathlib import Path
+
+    shipped_dir = Path(__file__).resolve().parents[1] / "configs" / "bench"
+    code, out, _ = cli("bench", "--preset", preset, "--write-configs", tmp_path)
+    assert code == 0
+    written = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    shipped = {p.name: p.read_text() for p in shipped_dir.glob(f"*-{preset}*.yaml")}
+    assert len(out.splitlines()) == len(written) > 0
+    assert sorted(written) == sorted(shipped), "configs/bench is stale: run collapsekit bench --write-configs"
+    for name in written:
+        assert _body(written[name]) == _body(shipped[name]), f"configs/bench/{name} is stale"
+
+
+def test_bench_cli_rejects_bad_jobs(cli):
+    code, _, err = cli("bench", "--jobs", "0")
+    assert code == 2 and "--jobs must be at least 1" in err

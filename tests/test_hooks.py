@@ -133,3 +133,16 @@ def test_loss_term_must_be_a_scalar_tensor(tmp_path, tiny_task):
             execute(run, trainer_factory(max_steps=2, enable_progress_bar=False, logger=False))
     finally:
         collapsekit.unregister("bad-terms")
+
+
+def test_a_listed_default_replaces_the_default_and_keeps_its_arguments():
+    hooks = build_manager([{"class_path": "ancestral", "init_args": {"temperature": 0.5, "top_k": 7}}])
+    assert sorted(hooks.objects) == ["ancestral", "probes", "replace"]
+    assert (hooks.objects["ancestral"].temperature, hooks.objects["ancestral"].top_k) == (0.5, 7)
+    assert build_manager([]).objects["ancestral"].temperature == 1.0
+
+
+def test_a_plugin_listed_twice_is_refused():
+    from collapsekit.errors import PluginConflict
+    with pytest.raises(PluginConflict, match="listed twice"):
+        build_manager(["ancestral", "Ancestral"])

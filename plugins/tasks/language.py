@@ -115,7 +115,8 @@ class CausalLMTask(Task):
     def token_logits(self, model: torch.nn.Module, tokens: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Logits [N, T, V+1] where ``[:, t]`` is the prediction for ``tokens[:, t+1]``."""
         model.eval()
-        tokens = torch.as_tensor(np.asarray(tokens))
+        if not isinstance(tokens, torch.Tensor):
+            tokens = torch.from_numpy(np.array(tokens, dtype=np.int64))   # a copy: pools are read-only memmaps
         parts = [self.forward(model, tokens[i:i + self.eval_batch_size]).logits
                  for i in range(0, len(tokens), self.eval_batch_size)]
         return torch.cat(parts)
