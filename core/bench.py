@@ -350,6 +350,11 @@ def _run_cell_safe(cell: Mapping, root: str, label: str, progress: bool, fail_fa
         return {"error": f"{type(exc).__name__}: {exc}", "detail": detail}
 
 
+def _threads_per_job(jobs: int) -> int:
+    """Torch threads of each of ``jobs`` parallel cell processes: the cores split evenly."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -377,8 +382,8 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def environment(preset: str) -> dict:
-    """Versions, commit and device for ``meta``."""
+def environment(preset: str, jobs: int = 1) -> dict:
+    """Versions, commit and device for ``meta`` (``jobs``: parallel cell processes)."""
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
@@ -394,8 +399,9 @@ def environment(preset: str) -> dict:
     if preset == "gpu" and torch.cuda.is_available():
         device = f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     else:
+        threads = torch.get_num_threads() if jobs == 1 else _threads_per_job(jobs)
         device = f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores visible, " \
-                 f"torch threads {torch.get_num_threads()})"
+                 f"{jobs} job(s) x {threads} torch thread(s))"
     return {"version": ver("collapsekit"), "commit": commit, "dirty": bool(status) if commit else None,
             "python": platform.python_version(), "torch": torch.__version__, "lightning": ver("lightning"),
             "transformers": ver("transformers"), "numpy": ver("numpy"), "platform": platform.platform(),
@@ -467,7 +473,7 @@ def run_bench(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: 
     old_meta = (previous or {}).get("meta") or {}
     old_cells = [c for c in (old_meta.get("wall_time_s") or {}).get("cells", [])
                  if (c["task"], c["method"], c["seed"]) not in keys]
-    env = environment(preset)
+    env = environment(preset, jobs)
     rows: dict[tuple, list[dict]] = {}
     times: dict[tuple, tuple[float, float]] = {}
     failures: list[dict] = []
@@ -543,7 +549,7 @@ def _run_parallel(cells, roots, jobs, progress, fail_fast, record) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = _threads_per_job(jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(threads,)) as pool:
         futures = {}

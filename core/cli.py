@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
 import sys
 import time
@@ -299,6 +300,14 @@ def cmd_hooks(argv: Sequence[str]) -> int:
 
 
 # -- bench / report / new-plugin -----------------------------------------------------
+def default_jobs() -> int:
+    """CPU cores this process may use (the bench's default number of parallel cells on CPU)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def cmd_bench(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="collapsekit bench", description="Run the shared benchmark suite.")
     p.add_argument("--preset", choices=("smoke", "cpu", "gpu"), default="cpu")
@@ -306,12 +315,16 @@ def cmd_bench(argv: Sequence[str]) -> int:
     p.add_argument("--methods", help="comma-separated methods, combos joined by + (default: each task's)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--out", default="bench", help="output directory (default: bench)")
-    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel in that many processes (default: 1)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="cells run in parallel in that many processes (default: one per CPU core for the smoke "
+                        "and cpu presets, 1 for gpu)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell instead of recording it")
     p.add_argument("--write-configs", metavar="DIR",
                    help="write one YAML per planned cell (seed 0) into DIR instead of running")
     p.add_argument("--perf", action="store_true", help="run the performance benchmarks instead (PERF.md)")
     args = p.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = 1 if args.preset == "gpu" else default_jobs()
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
 

@@ -7,6 +7,7 @@ and configured in YAML under ``task:`` with ``class_path``/``init_args``.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
@@ -46,6 +47,17 @@ class Task:
     provides: ClassVar[frozenset[str]] = frozenset()
     #: direction of every metric :meth:`evaluate` returns
     higher_is_better: ClassVar[Mapping[str, bool]] = {}
+    #: run settings per bench preset (``smoke``, ``cpu``, ``gpu``): ``{"task": init_args,
+    #: "trainer": {...}, "generations": n}`` plus optional ``seeds``, ``init``,
+    #: ``samples_per_generation``, ``plugin_args`` (see ``configs/bench/README.md``)
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    @classmethod
+    def preset(cls, name: str) -> dict:
+        """A fresh copy of ``presets[name]``; an unknown name raises ``ValueError`` naming the known ones."""
+        if name not in cls.presets:
+            raise ValueError(f"unknown preset {name!r} for task {cls.name!r}; choose from {sorted(cls.presets)}")
+        return copy.deepcopy(dict(cls.presets[name]))
 
     def __init__(self, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
         if batch_size < 1:

@@ -156,28 +156,25 @@ class BibleLM(CausalLMTask):
         self.eval_samples = eval_samples
         self.warmup_steps = warmup_steps
 
-    @classmethod
-    def preset(cls, name: str) -> dict:
-        """Sizes for ``smoke`` (tests, seconds), ``cpu`` (~35 s CPU per method-seed) and ``gpu`` (GPT-2 small)."""
-        presets = {
-            "smoke": {"task": {"seq_len": 32, "train_size": 128, "heldout_size": 64, "n_layer": 1,
-                               "n_embd": 32, "eval_samples": 32},
-                      "trainer": {"max_steps": 20}, "generations": 2},
-            # measured: 32-39 s CPU per method-seed (1 thread); held-out ppl 8.2 / 8.8 -> 11.5 after 3 replace
-            # generations (seeds 0 / 1), ~9.8 with accumulate
-            "cpu": {"task": {"seq_len": 64, "train_size": 1000, "heldout_size": 300, "n_layer": 1,
-                             "n_embd": 64, "n_head": 2, "batch_size": 32},
-                    "trainer": {"max_steps": 300}, "generations": 4},
-            # GPT-2-small-sized (12 x 768, 12 heads) on 256-byte windows: 12k of the ~15.5k train windows;
-            # the default held-out books hold 604 such windows
-            "gpu": {"task": {"seq_len": 256, "train_size": 12000, "heldout_size": 500, "n_layer": 12,
-                             "n_embd": 768, "n_head": 12, "batch_size": 64, "lr": 6e-4, "weight_decay": 0.1,
-                             "warmup_steps": 200, "eval_samples": 1024},
-                    "trainer": {"max_steps": 3000, "precision": "bf16-mixed"}, "generations": 8},
-        }
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
-        return presets[name]
+    presets: ClassVar[dict[str, dict]] = {
+        "smoke": {"task": {"seq_len": 32, "train_size": 128, "heldout_size": 64, "n_layer": 1,
+                           "n_embd": 32, "eval_samples": 32},
+                  "trainer": {"max_steps": 20}, "generations": 2},
+        # measured: 32-39 s CPU per method-seed (1 thread); held-out ppl 8.2 / 8.8 -> 11.5 after 3 replace
+        # generations (seeds 0 / 1), ~9.8 with accumulate
+        "cpu": {"task": {"seq_len": 64, "train_size": 1000, "heldout_size": 300, "n_layer": 1,
+                         "n_embd": 64, "n_head": 2, "batch_size": 32},
+                "trainer": {"max_steps": 300}, "generations": 4},
+        # GPT-2-small-sized (12 x 768, 12 heads) on 256-byte windows: 12k of the ~15.5k train windows;
+        # the default held-out books hold 604 such windows
+        "gpu": {"task": {"seq_len": 256, "train_size": 12000, "heldout_size": 500, "n_layer": 12,
+                         "n_embd": 768, "n_head": 12, "batch_size": 64, "lr": 6e-4, "weight_decay": 0.1,
+                         "warmup_steps": 200, "eval_samples": 1024},
+                "trainer": {"max_steps": 3000, "precision": "bf16-mixed"}, "generations": 8},
+    }
+    """Run settings per bench preset:
+    ``smoke`` (tests, seconds), ``cpu`` (about 26 s per method-seed on one core) and ``gpu``
+    (GPT-2 small)."""
 
     # -- data -------------------------------------------------------------------
     def build_data(self, seed):

@@ -290,23 +290,20 @@ class DigitsDiffusion(Task):
         self.post_c0 = self.betas * abar_prev.sqrt() / (1 - self.abar)
         self.post_ct = (1 - abar_prev) * alphas.sqrt() / (1 - self.abar)
 
-    @classmethod
-    def preset(cls, name: str) -> dict:
-        """``smoke`` (tests, seconds), ``cpu`` (about 1-3 min per method-seed on 2 cores) and ``gpu``."""
-        presets = {
-            "smoke": {"task": {"train_size": 200, "heldout_size": 100, "timesteps": 20, "hidden": 32, "depth": 1,
-                               "time_dim": 16, "eval_samples": 100, "evaluator_steps": 60, "batch_size": 64},
-                      "trainer": {"max_steps": 40}, "generations": 2},
-            "cpu": {"task": {"train_size": 1000, "heldout_size": 500, "timesteps": 100, "hidden": 256,
-                             "depth": 2},
-                    "trainer": {"max_steps": 1000}, "generations": 5},
-            "gpu": {"task": {"train_size": 1297, "heldout_size": 500, "timesteps": 200, "hidden": 512,
-                             "depth": 4, "eval_samples": 2000, "evaluator_steps": 600, "batch_size": 256},
-                    "trainer": {"max_steps": 10000}, "generations": 10},
-        }
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
-        return presets[name]
+    presets: ClassVar[dict[str, dict]] = {
+        "smoke": {"task": {"train_size": 200, "heldout_size": 100, "timesteps": 20, "hidden": 32, "depth": 1,
+                           "time_dim": 16, "eval_samples": 100, "evaluator_steps": 60, "batch_size": 64},
+                  "trainer": {"max_steps": 40}, "generations": 2},
+        "cpu": {"task": {"train_size": 1000, "heldout_size": 500, "timesteps": 100, "hidden": 256,
+                         "depth": 2},
+                "trainer": {"max_steps": 1000}, "generations": 5},
+        "gpu": {"task": {"train_size": 1297, "heldout_size": 500, "timesteps": 200, "hidden": 512,
+                         "depth": 4, "eval_samples": 2000, "evaluator_steps": 600, "batch_size": 256},
+                "trainer": {"max_steps": 10000}, "generations": 10},
+    }
+    """Run settings per bench preset:
+    ``smoke`` (tests, seconds), ``cpu`` (about 24 s per method-seed on one core) and
+    ``gpu``."""
 
     # -- data -------------------------------------------------------------------------------------
     def setup(self, seed: int) -> None:

@@ -123,20 +123,17 @@ class LinearRegression(Task):
         self.replicates, self.spectrum_decay = replicates, float(spectrum_decay)
         self.eigenvalues = np.arange(1, dim + 1, dtype=np.float64) ** -self.spectrum_decay
 
-    @classmethod
-    def preset(cls, name: str) -> dict:
-        """``smoke`` (tests, ~1 s), ``cpu`` (a few seconds) and ``gpu`` (larger, more replicates)."""
-        presets = {
-            "smoke": {"task": {"dim": 4, "train_size": 16, "replicates": 16}, "trainer": {"max_steps": 1},
-                      "generations": 3},
-            "cpu": {"task": {"dim": 8, "train_size": 32, "replicates": 256}, "trainer": {"max_steps": 1},
-                    "generations": 10},
-            "gpu": {"task": {"dim": 32, "train_size": 128, "replicates": 2048}, "trainer": {"max_steps": 1},
-                    "generations": 20},
-        }
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
-        return presets[name]
+    presets: ClassVar[dict[str, dict]] = {
+        "smoke": {"task": {"dim": 4, "train_size": 16, "replicates": 16}, "trainer": {"max_steps": 1},
+                  "generations": 3},
+        "cpu": {"task": {"dim": 8, "train_size": 32, "replicates": 256}, "trainer": {"max_steps": 1},
+                "generations": 10},
+        "gpu": {"task": {"dim": 32, "train_size": 128, "replicates": 2048}, "trainer": {"max_steps": 1},
+                "generations": 20},
+    }
+    """Run settings per bench preset:
+    ``smoke`` (tests), ``cpu`` (under a second per method-seed) and ``gpu`` (larger, more
+    replicates)."""
 
     @property
     def unit(self) -> float:

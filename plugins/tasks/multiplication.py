@@ -267,25 +267,22 @@ class Multiplication(CausalLMTask):
         return metrics
 
     # -- presets ------------------------------------------------------------------------
-    @classmethod
-    def preset(cls, name: str) -> dict:
-        """Sizes for ``smoke`` (tests), ``cpu`` (2 cores), ``gpu`` (4x4) and ``gpu-5x5`` (the paper's tasks)."""
-        presets = {
-            "smoke": {"task": {"digits": 2, "train_size": 256, "heldout_size": 64, "n_layer": 1, "n_embd": 16,
-                               "batch_size": 32}, "trainer": {"max_steps": 20}, "generations": 2},
-            "cpu": {"task": {"digits": 2, "train_size": 7000, "heldout_size": 500, "n_layer": 4, "n_embd": 128,
-                             "n_head": 4, "batch_size": 128, "lr": 2e-3}, "trainer": {"max_steps": 1500},
-                    "generations": 2},
-            "gpu": {"task": {"digits": 4, "train_size": 80000, "heldout_size": 1000, "n_layer": 6, "n_embd": 384,
-                             "n_head": 6, "batch_size": 256, "lr": 5e-4}, "trainer": {"max_steps": 20000},
-                    "generations": 3},
-            "gpu-5x5": {"task": {"digits": 5, "train_size": 200000, "heldout_size": 1000, "n_layer": 12,
-                                 "n_embd": 768, "n_head": 12, "batch_size": 256, "lr": 3e-4},
-                        "trainer": {"max_steps": 40000}, "generations": 3},
-        }
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
-        return presets[name]
+    presets: ClassVar[dict[str, dict]] = {
+        "smoke": {"task": {"digits": 2, "train_size": 256, "heldout_size": 64, "n_layer": 1, "n_embd": 16,
+                           "batch_size": 32}, "trainer": {"max_steps": 20}, "generations": 2},
+        "cpu": {"task": {"digits": 2, "train_size": 7000, "heldout_size": 500, "n_layer": 4, "n_embd": 128,
+                         "n_head": 4, "batch_size": 128, "lr": 2e-3}, "trainer": {"max_steps": 1500},
+                "generations": 2},
+        "gpu": {"task": {"digits": 4, "train_size": 80000, "heldout_size": 1000, "n_layer": 6, "n_embd": 384,
+                         "n_head": 6, "batch_size": 256, "lr": 5e-4}, "trainer": {"max_steps": 20000},
+                "generations": 3},
+        "gpu-5x5": {"task": {"digits": 5, "train_size": 200000, "heldout_size": 1000, "n_layer": 12,
+                             "n_embd": 768, "n_head": 12, "batch_size": 256, "lr": 3e-4},
+                    "trainer": {"max_steps": 40000}, "generations": 3},
+    }
+    """Run settings per bench preset:
+    ``smoke`` (tests), ``cpu`` (2x2 digits, 5-6 min per method-seed on one core: the
+    slowest task of the suite), ``gpu`` (4x4) and ``gpu-5x5`` (the paper's tasks)."""
 
 
 def _reversed_digits(x: np.ndarray, width: int) -> np.ndarray:

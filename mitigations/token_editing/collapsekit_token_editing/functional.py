@@ -94,8 +94,8 @@ def edit_positions(tokens: torch.Tensor, logits: torch.Tensor, threshold: float 
 
 
 def edit_tokens(tokens: torch.Tensor, logits: torch.Tensor, threshold: float = 0.99, top_k: int = 8,
-                temperature: float = 1.0, drop_below: float | None = None,
-                generator: torch.Generator | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, temperature: float = 1.0,
+                drop_below: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """ToEdit: redraw every over-confident token from the prior's top-k; return new tokens [N, T].
 
     See the module docstring for the rule. Randomness: for the M flagged positions,

@@ -122,8 +122,8 @@ class TokenEditing:
             logits = task.token_logits(model, chunk).detach().cpu().float()   # [:, t] predicts chunk[:, t+1]
             logits[..., task.vocab_size:] = float("-inf")                     # never propose BOS / specials
             content = chunk[:, 1:]
-            edited = edit_tokens(content, logits, self.threshold, self.top_k, self.temperature,
-                                 self.drop_below, generator=generator)
+            edited = edit_tokens(content, logits, self.threshold, self.top_k, generator,
+                                 temperature=self.temperature, drop_below=self.drop_below)
             stats = edit_statistics(content, edited, logits, self.threshold, self.drop_below)
             for key in COUNTS[1:]:
                 counts[key] += stats.get(key, 0.0) * stats["positions"]

@@ -37,7 +37,7 @@ def loop(task, real, generations, arm, threshold=0.99, top_k=8, temperature=1.0)
             tokens = torch.from_numpy(real)
             logits = torch.from_numpy(np.concatenate(
                 [np.broadcast_to(np.log(q0), (len(real), 1, V)), np.log(Q)[real[:, :-1]]], axis=1))
-            edited = edit_tokens(tokens, logits, threshold, top_k, temperature, generator=gen)
+            edited = edit_tokens(tokens, logits, threshold, top_k, gen, temperature=temperature)
             row.update(edit_statistics(tokens, edited, logits, threshold))
             data = edited.numpy()
         rows.append(row)

@@ -49,7 +49,7 @@ def test_claim_fast_bigram_prior():
                 tokens = torch.from_numpy(real)
                 logits = torch.from_numpy(np.concatenate(
                     [np.broadcast_to(np.log(q0), (len(real), 1, V)), np.log(Q)[real[:, :-1]]], axis=1))
-                edited = edit_tokens(tokens, logits, 0.99, 8, 1.0, generator=gen)
+                edited = edit_tokens(tokens, logits, 0.99, 8, gen, temperature=1.0)
                 shares.append(edit_statistics(tokens, edited, logits, 0.99))
                 data = edited.numpy()
         curves[arm] = (np.array(kl), np.array(tail), shares)

@@ -68,8 +68,8 @@ def probs_of(*ps):
 @pytest.mark.parametrize("drop_below", [None, 0.01])
 def test_matches_plain_loop(threshold, top_k, temperature, drop_below):
     tokens, logits = fixed_inputs()
-    got = edit_tokens(tokens, logits, threshold, top_k, temperature, drop_below,
-                      generator=torch.Generator().manual_seed(7))
+    got = edit_tokens(tokens, logits, threshold, top_k, torch.Generator().manual_seed(7),
+                      temperature=temperature, drop_below=drop_below)
     want = ref_edit(tokens, logits, threshold, top_k, temperature, drop_below, torch.Generator().manual_seed(7))
     assert torch.equal(got, want)
 
@@ -78,7 +78,7 @@ def test_matches_plain_loop(threshold, top_k, temperature, drop_below):
 def test_matches_plain_loop_when_many_tokens_change(seed):
     # low threshold and a hot temperature: most flagged tokens move, so the inverse-CDF picks are exercised
     tokens, logits = fixed_inputs()
-    got = edit_tokens(tokens, logits, 0.3, 5, 3.0, 0.01, generator=torch.Generator().manual_seed(seed))
+    got = edit_tokens(tokens, logits, 0.3, 5, torch.Generator().manual_seed(seed), temperature=3.0, drop_below=0.01)
     want = ref_edit(tokens, logits, 0.3, 5, 3.0, 0.01, torch.Generator().manual_seed(seed))
     assert torch.equal(got, want)
     assert (got != tokens).sum() >= 20
@@ -141,7 +141,7 @@ def test_mask_protects_positions():
     tokens, logits = fixed_inputs()
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     mask[:, ::2] = True
-    out = edit_tokens(tokens, logits, 0.3, 5, 3.0, generator=torch.Generator().manual_seed(0), mask=mask)
+    out = edit_tokens(tokens, logits, 0.3, 5, torch.Generator().manual_seed(0), temperature=3.0, mask=mask)
     assert torch.equal(out[~mask], tokens[~mask])
     assert not torch.equal(out[mask], tokens[mask])
 
@@ -173,7 +173,7 @@ def test_statistics_of_a_real_edit():
 
 def test_deterministic_under_a_fixed_generator():
     tokens, logits = fixed_inputs(n=30, t=10, boost=(1.0, 3.0))
-    run = lambda seed: edit_tokens(tokens, logits, 0.5, 8, 1.5, generator=torch.Generator().manual_seed(seed))
+    run = lambda seed: edit_tokens(tokens, logits, 0.5, 8, torch.Generator().manual_seed(seed), temperature=1.5)
     assert torch.equal(run(11), run(11))
     assert not torch.equal(run(11), run(12))
 

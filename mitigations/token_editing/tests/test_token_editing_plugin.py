@@ -83,7 +83,7 @@ def test_synthesize_edits_real_rows_and_never_touches_or_proposes_bos():
         chunk = torch.as_tensor(real[rows[start:start + 3]])
         logits = run.task.token_logits(None, chunk)
         logits[..., V:] = float("-inf")
-        expected.append(edit_tokens(chunk[:, 1:], logits, 0.9, 3, 3.0, generator=g).numpy())
+        expected.append(edit_tokens(chunk[:, 1:], logits, 0.9, 3, generator=g, temperature=3.0).numpy())
     assert (out[:, 1:] == np.concatenate(expected)).all()
     # statistics: the share of likely positions above the threshold and the share that changed
     stats = plugin.metrics(0)
