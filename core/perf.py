@@ -578,14 +578,20 @@ def run_perf(out: str | Path = "bench", smoke: bool = False) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="collapsekit-perf-") as tmp:
         root = Path(tmp)
-        sections = []
+        sections: list[Section] = []
+
+        def measured(section: Section) -> None:
+            sections.append(section)
+            result = section.skipped or (f"{section.ratio:.3f}x" if section.ratio is not None else "measured")
+            print(f"collapsekit perf [{len(sections)}/6] {section.title}: {result}", flush=True)
+
         overhead, model = engine_overhead(cfg, root)
-        sections.append(overhead)
-        sections.append(plugin_dispatch(cfg, root))
-        sections.append(synthesis_throughput(cfg, model, _task(cfg["task"])))
-        sections.append(npo_cache(cfg, root))
-        sections.append(editing_vs_ancestral(cfg, root, model))
-        sections.append(pool_growth(cfg, root))
+        measured(overhead)
+        measured(plugin_dispatch(cfg, root))
+        measured(synthesis_throughput(cfg, model, _task(cfg["task"])))
+        measured(npo_cache(cfg, root))
+        measured(editing_vs_ancestral(cfg, root, model))
+        measured(pool_growth(cfg, root))
     env["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     env["wall time"] = f"{time.perf_counter() - started:.0f} s"
     result = {"meta": env, "sections": [s.__dict__ for s in sections]}
