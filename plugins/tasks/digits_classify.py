@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from collapsekit.plugins.probes import effective_rank
+from collapsekit.plugins.tasks.digits import check_split, load_digit_images
 from collapsekit.plugins.sampling import filter_logits
 from collapsekit.pool import REAL, Pool
 from collapsekit.task import Task
@@ -50,11 +51,8 @@ SIDE = 8
 @lru_cache(maxsize=1)
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """All 1797 scikit-learn digits as float32 images [N, 8, 8] in [0, 1] and int64 labels [N]."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = (data.images / 16.0).astype(np.float32)
-    return images, data.target.astype(np.int64)
+    images, labels = load_digit_images()
+    return (images / 16.0).astype(np.float32), labels
 
 
 # -- pure probes ----------------------------------------------------------------------------
@@ -201,12 +199,7 @@ class DigitsClassify(Task):
                  batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.0,
                  eval_batch_size: int = 1024) -> None:
         super().__init__(batch_size=batch_size, lr=lr, weight_decay=weight_decay)
-        total = len(load_digits_arrays()[1])
-        if train_size < 2 or heldout_size < 2:
-            raise ValueError(f"train_size and heldout_size must be >= 2, got {train_size} and {heldout_size}")
-        if train_size + heldout_size > total:
-            raise ValueError(f"train_size + heldout_size = {train_size + heldout_size} exceeds the {total} "
-                             f"digits of scikit-learn; lower one of them")
+        check_split(train_size, heldout_size)
         if hidden < 1 or feature_dim < 1:
             raise ValueError(f"hidden and feature_dim must be >= 1, got {hidden} and {feature_dim}")
         if min(view_noise, synth_noise) < 0 or min(view_shift, synth_shift) < 0:

@@ -47,6 +47,7 @@ from torch import nn
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.probes import effective_rank
+from collapsekit.plugins.tasks.digits import check_split, load_digit_images
 from collapsekit.pool import REAL, Pool
 from collapsekit.seeds import derive_seed
 from collapsekit.task import Task
@@ -59,11 +60,8 @@ SCHEDULES = ("cosine", "linear")
 @lru_cache(maxsize=1)
 def load_digit_vectors() -> tuple[np.ndarray, np.ndarray]:
     """All 1797 scikit-learn digits as float32 vectors [N, 64] in [-1, 1] and int64 labels [N]."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = (data.images.reshape(len(data.images), DIM) / 8.0 - 1.0).astype(np.float32)
-    return x, data.target.astype(np.int64)
+    images, labels = load_digit_images()
+    return (images.reshape(len(images), DIM) / 8.0 - 1.0).astype(np.float32), labels
 
 
 # -- pure functions ------------------------------------------------------------------------------
@@ -259,12 +257,7 @@ class DigitsDiffusion(Task):
                  evaluator_hidden: int = 64, evaluator_steps: int = 200, batch_size: int = 128,
                  lr: float = 2e-3, weight_decay: float = 0.0, eval_batch_size: int = 2048) -> None:
         super().__init__(batch_size=batch_size, lr=lr, weight_decay=weight_decay)
-        total = len(load_digit_vectors()[1])
-        if train_size < 2 or heldout_size < 2:
-            raise ValueError(f"train_size and heldout_size must be >= 2, got {train_size} and {heldout_size}")
-        if train_size + heldout_size > total:
-            raise ValueError(f"train_size + heldout_size = {train_size + heldout_size} exceeds the {total} "
-                             f"digits of scikit-learn; lower one of them")
+        check_split(train_size, heldout_size)
         self.betas = beta_schedule(timesteps, schedule)
         if min(hidden, depth, time_dim, evaluator_hidden, evaluator_steps, eval_samples) < 1:
             raise ValueError("hidden, depth, time_dim, evaluator_hidden, evaluator_steps and eval_samples "
