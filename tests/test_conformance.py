@@ -431,3 +431,18 @@ def test_fixture_is_idempotent(testplugin_installed):
     assert installed_editable_at(DIST) == PLUGIN_DIST.resolve()
     assert pip_install_editable(PLUGIN_DIST) == DIST  # second call: no pip run, still importable
     import collapsekit_testplugin.plugin  # noqa: F401
+
+
+@pytestmark_dist
+def test_plugins_command_lists_the_installed_third_party_distribution(cli):
+    import json
+
+    code, out, _ = cli("plugins", "--json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert {"replace", "ancestral", "probes"} <= set(rows)
+    assert rows["testplugin"]["distribution"] == DIST and rows["testplugin"]["version"] == "0.1.0"
+    assert "loss_terms" in rows["testplugin"]["hooks"] and rows["testplugin"]["error"] is None
+    assert rows["brokenplugin"]["distribution"] == DIST and "ImportError" in rows["brokenplugin"]["error"]
+    code, out, _ = cli("plugins")
+    assert code == 0 and "testplugin" in out and DIST in out

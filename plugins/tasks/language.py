@@ -21,6 +21,8 @@ class CausalLMTask(Task):
     """Token-sequence task on a randomly initialised ``transformers`` GPT-2."""
 
     pool_keys: ClassVar[tuple[str, ...]] = ("tokens",)
+    #: the pool array that holds an item (what latent-space plugins encode)
+    input_key: ClassVar[str] = "tokens"
     provides: ClassVar[frozenset[str]] = frozenset({"hidden_states", "reference_model", "features"})
     higher_is_better: ClassVar[dict[str, bool]] = {
         "heldout_nll": False,

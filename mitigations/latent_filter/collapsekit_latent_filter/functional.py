@@ -171,3 +171,20 @@ def subspace_residual(latents: torch.Tensor, means: torch.Tensor, bases: torch.T
     residual = (centred - projected).norm(dim=1)
     return torch.where(norm > 0, residual / torch.where(norm > 0, norm, torch.ones_like(norm)),
                        torch.zeros_like(norm))
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` [N, T, D] over the positions where ``attention_mask`` [N, T] is 1 -> [N, D].
+
+    The pooling of sentence-transformers' ``Pooling(mean)``; a row with no position kept gives zeros.
+    """
+    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(f"mean_pool: need hidden [N, T, D] and attention_mask [N, T], got "
+                         f"{tuple(hidden.shape)} and {tuple(attention_mask.shape)}")
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+
+
+def l2_normalize(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Rows of ``z`` [N, D] scaled to unit Euclidean norm (rows of zeros stay zero)."""
+    return z / z.norm(dim=-1, keepdim=True).clamp_min(eps)

@@ -20,6 +20,7 @@ from collapsekit import hookimpl
 from collapsekit.errors import TaskIncompatible
 
 from .functional import confidence, fit_subspaces, keep_count, subspace_residual, top_n_mask, train_probe
+from .text import SentenceEncoder, minilm_path
 
 LATENTS = ("model", "features", "input", "text")
 SCORERS = ("probe", "subspace", "random")
@@ -37,8 +38,8 @@ class LatentFilter:
             ``random`` (a uniform random score: the control that keeps the same share blindly).
         latent: the latent space: ``model`` (the generation-0 model's encoder, ``task.encode(model, x)``;
             the paper's choice), ``features`` (the task's frozen feature extractor ``task.features(x)``),
-            ``input`` (the raw pool array, flattened) or ``text`` (a frozen sentence encoder: not
-            implemented in this version; raises).
+            ``input`` (the raw pool array, flattened) or ``text`` (the frozen all-MiniLM-L6-v2
+            sentence encoder on ``task.decode(items)``; needs ``collapsekit-latent-filter[text]``).
         min_confidence: with the probe scorer, also drop items whose ``xi`` is below this.
         l2: L2 penalty of the probe (on standardised latents).
         max_iter: L-BFGS iterations of the probe.
@@ -61,11 +62,6 @@ class LatentFilter:
             raise ValueError(f"latent-filter: unknown scorer {scorer!r}; choose from {', '.join(SCORERS)}")
         if latent not in LATENTS:
             raise ValueError(f"latent-filter: unknown latent {latent!r}; choose from {', '.join(LATENTS)}")
-        if latent == "text":
-            raise ValueError(
-                "latent-filter: latent='text' (a frozen sentence encoder such as all-MiniLM-L6-v2) is not "
-                "implemented in this version. For token tasks use latent='model' with a task that implements "
-                "encode(model, items) -> [N, D] (e.g. mean-pooled hidden states), or latent='input'.")
         if not 0.0 <= min_confidence < 1.0:
             raise ValueError(f"latent-filter: min_confidence must be in [0, 1), got {min_confidence!r}")
         if l2 < 0 or max_iter < 1 or rank < 1:
@@ -87,11 +83,15 @@ class LatentFilter:
         name = getattr(task, "name", type(task).__name__)
         input_key = self.input_key or getattr(task, "input_key", None)
         label_key = self.label_key or getattr(task, "label_key", None)
-        if input_key is None or (label_key is None and self.scorer != "random"):
+        if input_key is None:
             raise TaskIncompatible(
-                f"latent-filter: task {name!r} declares no input_key/label_key; LSF scores an item by its "
-                f"label's probability, so pass input_key and label_key (pool array names, one of "
-                f"{list(getattr(task, 'pool_keys', ()))}) in the plugin's init_args")
+                f"latent-filter: task {name!r} declares no input_key; pass input_key (the pool array to "
+                f"encode, one of {list(getattr(task, 'pool_keys', ()))}) in the plugin's init_args")
+        if label_key is None and self.scorer == "probe":
+            raise TaskIncompatible(
+                f"latent-filter: task {name!r} has no labels (no label_key); the probe scorer scores an item "
+                f"by its label's probability, so pass label_key, or use scorer='subspace' (distance to the "
+                f"real latents' principal subspace) for unlabelled items such as text")
         pool_keys = set(getattr(task, "pool_keys", ()))
         for key in (input_key, label_key):
             if key is not None and key not in pool_keys:
@@ -114,6 +114,15 @@ class LatentFilter:
             raise TaskIncompatible(
                 f"latent-filter: latent='features' needs task {name!r} to implement features(items) -> [N, D] "
                 f"(a frozen feature extractor); use latent='model' or latent='input'")
+        if self.latent == "text":
+            if not callable(getattr(task, "decode", None)):
+                raise TaskIncompatible(
+                    f"latent-filter: latent='text' needs task {name!r} to implement decode(items) -> list[str] "
+                    f"(the text of each item, e.g. bible-lm); use latent='model' or latent='input'")
+            try:
+                minilm_path()
+            except ImportError as exc:
+                raise TaskIncompatible(str(exc)) from None
         self._cache.clear()
         self._stats.clear()
 
@@ -132,6 +141,9 @@ class LatentFilter:
             return lambda items: torch.as_tensor(task.encode(model, items))
         if self.latent == "features":
             return lambda items: torch.as_tensor(task.features(items))
+        if self.latent == "text":
+            encode_text = SentenceEncoder()
+            return lambda items: encode_text(task.decode(items)).to(torch.float64)
         return lambda items: torch.as_tensor(np.asarray(items)).reshape(len(items), -1).to(torch.float64)
 
     def state(self, run) -> dict[str, Any]:
@@ -143,8 +155,8 @@ class LatentFilter:
         real = run.task.real_pool()
         encode = self.encoder(run)
         z = encode(np.asarray(real.arrays[input_key]))
-        y = torch.as_tensor(np.asarray(real.arrays[label_key])).long()
-        classes = getattr(run.task, "num_classes", None) or int(y.max()) + 1
+        y = self.labels(real, label_key)
+        classes = 1 if y is None else getattr(run.task, "num_classes", None) or int(y.max()) + 1
         state: dict[str, Any] = {"encode": encode, "classes": classes}
         if self.scorer == "probe":
             probe = train_probe(z, y, num_classes=classes, l2=self.l2, max_iter=self.max_iter)
@@ -155,6 +167,11 @@ class LatentFilter:
         self._cache = {key: state}
         return state
 
+    @staticmethod
+    def labels(pool, label_key: str | None) -> torch.Tensor | None:
+        """The items' labels, or ``None`` for unlabelled items (one subspace for all)."""
+        return None if label_key is None else torch.as_tensor(np.array(pool.arrays[label_key])).long()
+
     def score(self, run, samples, generation: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Scores of ``samples`` (higher = more realistic) and statistics of the scoring."""
         n = len(samples)
@@ -163,7 +180,7 @@ class LatentFilter:
         input_key, label_key = self.keys(run.task)
         state = self.state(run)
         z = state["encode"](np.asarray(samples.arrays[input_key]))
-        y = torch.as_tensor(np.asarray(samples.arrays[label_key])).long()
+        y = self.labels(samples, label_key)
         if self.scorer == "probe":
             logits = state["probe"].logits(z)
             stats = {"latent_filter/probe_accuracy": state["probe_accuracy"],

@@ -53,7 +53,7 @@ def mixed_samples(n_good: int = 10, n_bad: int = 10) -> Pool:
 # -- options and task checks --------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
     ({"keep": 0.0}, "keep"), ({"keep": 1.5}, "keep"), ({"scorer": "knn"}, "unknown scorer"),
-    ({"latent": "pixels"}, "unknown latent"), ({"latent": "text"}, "not implemented"),
+    ({"latent": "pixels"}, "unknown latent"),
     ({"min_confidence": 1.0}, "min_confidence"), ({"rank": 0}, "rank"),
 ])
 def test_bad_options_are_clear_errors(kwargs, match):
@@ -68,9 +68,15 @@ def test_configure_rejects_tasks_it_cannot_serve(tmp_path):
         LatentFilter(latent="features").configure(stub_run(Blobs(), tmp_path))
     with pytest.raises(TaskIncompatible, match="no pool array 'label'"):
         LatentFilter(latent="input", label_key="label").configure(stub_run(Blobs(), tmp_path))
-    unlabeled = SimpleNamespace(name="plain", pool_keys=("tokens",))
-    with pytest.raises(TaskIncompatible, match="input_key/label_key"):
+    unknown = SimpleNamespace(name="plain", pool_keys=("tokens",))
+    with pytest.raises(TaskIncompatible, match="no input_key"):
+        LatentFilter(latent="input").configure(stub_run(unknown, tmp_path))
+    unlabeled = SimpleNamespace(name="plain", pool_keys=("tokens",), input_key="tokens")
+    with pytest.raises(TaskIncompatible, match="scorer='subspace'"):
         LatentFilter(latent="input").configure(stub_run(unlabeled, tmp_path))
+    LatentFilter(latent="input", scorer="subspace").configure(stub_run(unlabeled, tmp_path))   # accepted
+    with pytest.raises(TaskIncompatible, match=r"decode\(items\)"):
+        LatentFilter(latent="text", scorer="subspace").configure(stub_run(unlabeled, tmp_path))
     LatentFilter(latent="input").configure(stub_run(Blobs(), tmp_path))          # accepted
 
 
