@@ -46,7 +46,8 @@ def requirements(task):
     ``"hidden_states"`` (per-layer hidden states in ``outputs`` of
     ``loss_terms``), ``"reference_model"`` (a frozen copy of the model as it
     was when the generation started, as ``module.reference_model``),
-    ``"forget_data"`` (the task's forget split), ``"features"`` (a
+    ``"forget_data"`` (the task's forget split: ``task.forget_pool()`` and
+    ``task.retain_pool()``, each a real-data pool), ``"features"`` (a
     representation vector per item in ``outputs["features"]``). A task that
     cannot provide a requirement raises ``TaskIncompatible`` naming it.
     """
