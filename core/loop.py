@@ -7,6 +7,7 @@ seed derives from ``(run seed, generation, role)`` and every input is on disk.
 """
 from __future__ import annotations
 
+import difflib
 import io
 from typing import Any, Callable
 
@@ -57,8 +58,6 @@ def start(run: Run) -> None:
         reqs.update([value] if isinstance(value, str) else value)
     unknown = sorted(reqs - KNOWN_REQUIREMENTS)
     if unknown:
-        import difflib
-
         hints = {u: difflib.get_close_matches(u, sorted(KNOWN_REQUIREMENTS), n=1) for u in unknown}
         shown = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
         raise CollapsekitError(f"unknown requirement {shown} declared by the active plugins; "

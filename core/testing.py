@@ -49,13 +49,14 @@ from . import hookspecs
 from .dispatch import DEFAULT_PLUGINS, HOOK_NAMES, Hooks, build_manager, new_plugin_manager, register_plugin
 from .errors import PluginError
 from .hookspecs import KNOWN_REQUIREMENTS
+from .loop import ENGINE_METRIC_PREFIXES
 from .markers import PROJECT
 from .pool import REAL, Pool
 from .registry import discover, implemented_hooks, instantiate, normalize, resolve
 
 RESERVED_LOSS_TERMS = ("task", "total")
 """Loss-term names the engine uses itself (``loss/task``, ``loss/total``)."""
-RESERVED_METRIC_PREFIXES = ("loss/", "filter/", "synthetic/", "pool/", "train/")
+RESERVED_METRIC_PREFIXES = ENGINE_METRIC_PREFIXES
 """Metric key prefixes the engine writes into ``metrics.json`` itself."""
 VALUE_HOOKS = ("requirements", "compose_pool", "synthesize", "filter_samples", "loss_terms", "metrics")
 """Hooks whose results are used; the others must return ``None``."""
