@@ -131,12 +131,11 @@ class Run:
         return torch_generator(self.seed, generation, role)
 
     @contextlib.contextmanager
-    def synthesis_shard(self, shard: int, size: int, start: int | None = None):
+    def synthesis_shard(self, shard: int, size: int, start: int):
         """While synthesizing shard ``shard`` (items ``start:start+size`` of the generation):
         ``samples_per_generation`` is ``size``, ``synthesis_slice``/``synthesis_total`` say which
         part of the whole this is, and role ``"synthesize"`` is seeded per shard."""
         total, self._shard = self.samples_per_generation, shard
-        start = shard * size if start is None else start
         self.samples_per_generation = size
         self.synthesis_slice, self.synthesis_total = slice(start, start + size), total
         try:

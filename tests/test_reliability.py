@@ -124,8 +124,10 @@ def test_synthesis_does_not_depend_on_shard_placement(tiny_task, tmp_path, monke
         import torch
 
         torch.manual_seed(torch_seed)
-        with run.synthesis_shard(shard, size):
+        with run.synthesis_shard(shard, size, start=20 * shard):
+            assert (run.synthesis_slice, run.synthesis_total) == (slice(20 * shard, 20 * shard + size), 50)
             parts.append(run.hooks.first("synthesize", run=run, model=model, generation=0)[1]["tokens"])
+    assert run.synthesis_slice is None and run.synthesis_total is None
     np.testing.assert_array_equal(whole.arrays["tokens"], np.concatenate(parts))
     assert run.samples_per_generation == 50
 

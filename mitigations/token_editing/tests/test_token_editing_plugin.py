@@ -219,6 +219,6 @@ def test_real_run_on_markov_text(tmp_path):
     # the stored pool is the edit of the real rows by that generation's trained model
     model = task.build_model()
     model.load_state_dict(torch.load(tmp_path / "te" / "gen_1" / "model.pt", weights_only=True))
-    with run.synthesis_shard(0, len(real)):                      # the engine's single shard
+    with run.synthesis_shard(0, len(real), start=0):             # the engine's single shard
         again = TokenEditing(threshold=0.0, top_k=4).synthesize(run, model, 1)["tokens"]
     assert np.array_equal(again, np.asarray(run.synthetic(1).arrays["tokens"]))
