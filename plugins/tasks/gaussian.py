@@ -33,12 +33,10 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.plugins.tasks.linear_regression import full_batch_loader
+from collapsekit.plugins.tasks.exact_fit import ExactFitTask
 from collapsekit.pool import REAL, Pool
-from collapsekit.task import Task
 
 
 def replace_variance_retained(n_samples: int, generation: int) -> float:
@@ -107,7 +105,7 @@ class GaussianModel(nn.Module):
         self.scale_tril.copy_(low)
 
 
-class Gaussian(Task):
+class Gaussian(ExactFitTask):
     """Self-consuming Gaussian MLE: variance collapse and mean drift against the closed forms.
 
     Args:
@@ -167,24 +165,13 @@ class Gaussian(Task):
         z = rng.standard_normal((self.train_size, r, d))
         self.x = self.true_mean + np.einsum("rij,nrj->nri", low, z)
 
-    def _require_setup(self) -> None:
-        if self.seed is None:
-            raise RuntimeError("gaussian: call setup(seed) before using the task's data")
-
     def real_pool(self) -> Pool:
-        self._require_setup()
+        self.require_setup()
         return Pool.fresh({"x": self.x}, REAL)
-
-    def dataloader(self, pool: Pool, shuffle: bool, seed: int) -> DataLoader:
-        """The whole pool as one batch: the exact fit needs all of it (``shuffle``/``seed`` unused)."""
-        return full_batch_loader(pool, self.name)
 
     # -- model --------------------------------------------------------------
     def build_model(self) -> nn.Module:
         return GaussianModel(self.replicates, self.dim)
-
-    def configure_optimizers(self, model: nn.Module) -> Any:
-        return torch.optim.SGD(model.parameters(), lr=self.lr)
 
     def step(self, model: nn.Module, batch: Mapping[str, torch.Tensor], requirements: frozenset[str]) -> dict:
         """Fit the MLE exactly on the batch (in training mode), then return the mean negative log-likelihood."""
@@ -204,7 +191,7 @@ class Gaussian(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, samples: Pool | None) -> dict[str, float]:
         """``kl``, ``mean_sq_error``, ``cov_frobenius_error``, ``variance_retained`` (means over replicates)."""
-        self._require_setup()
+        self.require_setup()
         mean = model.mean.detach().cpu().numpy()
         cov = model.covariance().detach().cpu().numpy()
         kl = gaussian_kl(self.true_mean, self.true_cov, mean, cov)

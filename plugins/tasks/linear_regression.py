@@ -32,34 +32,9 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
+from collapsekit.plugins.tasks.exact_fit import ExactFitTask
 from collapsekit.pool import REAL, Pool
-from collapsekit.task import Task
-
-
-class FullBatch(Dataset):
-    """A dataset of one item: every array of ``pool`` as a tensor (full-batch training)."""
-
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if i != 0:
-            raise IndexError(i)
-        return {k: torch.as_tensor(np.array(v)) for k, v in self.pool.arrays.items()}
-
-
-def full_batch_loader(pool: Pool, task_name: str) -> DataLoader:
-    """A loader yielding the whole ``pool`` as a single batch (no collation, no shuffling)."""
-    if len(pool) == 0:
-        from collapsekit.errors import CollapsekitError
-
-        raise CollapsekitError(f"task {task_name!r}: the training pool is empty; nothing to train on")
-    return DataLoader(FullBatch(pool), batch_size=None, shuffle=False)
 
 
 class ReplicatedLinear(nn.Module):
@@ -87,7 +62,7 @@ def excess_error(w_hat: np.ndarray, w_star: np.ndarray, eigenvalues: np.ndarray)
     return (diff ** 2 * np.asarray(eigenvalues, dtype=np.float64)).sum(-1)
 
 
-class LinearRegression(Task):
+class LinearRegression(ExactFitTask):
     """Self-consuming OLS on a fixed design: excess test error against the closed forms.
 
     Args:
@@ -150,24 +125,13 @@ class LinearRegression(Task):
         self.w_star = rng.standard_normal((r, d)) / np.sqrt(d)
         self.y = np.einsum("nrd,rd->nr", self.x, self.w_star) + self.noise_std * rng.standard_normal((t, r))
 
-    def _require_setup(self) -> None:
-        if self.seed is None:
-            raise RuntimeError("linear-regression: call setup(seed) before using the task's data")
-
     def real_pool(self) -> Pool:
-        self._require_setup()
+        self.require_setup()
         return Pool.fresh({"x": self.x, "y": self.y}, REAL)
-
-    def dataloader(self, pool: Pool, shuffle: bool, seed: int) -> DataLoader:
-        """The whole pool as one batch: the exact fit needs all of it (``shuffle``/``seed`` unused)."""
-        return full_batch_loader(pool, self.name)
 
     # -- model --------------------------------------------------------------
     def build_model(self) -> nn.Module:
         return ReplicatedLinear(self.replicates, self.dim)
-
-    def configure_optimizers(self, model: nn.Module) -> Any:
-        return torch.optim.SGD(model.parameters(), lr=self.lr)
 
     def step(self, model: nn.Module, batch: Mapping[str, torch.Tensor], requirements: frozenset[str]) -> dict:
         """Fit OLS exactly on the batch (in training mode), then return the mean squared error."""
@@ -181,7 +145,7 @@ class LinearRegression(Task):
     @torch.no_grad()
     def sample(self, model: nn.Module, n: int, generator: torch.Generator, **options: Any) -> dict[str, np.ndarray]:
         """The fixed design (row ``i % T`` for item ``i``) relabelled by ``model`` plus fresh noise."""
-        self._require_setup()
+        self.require_setup()
         x = self.x[np.arange(n) % self.train_size]
         noise = torch.randn((n, self.replicates), generator=generator, dtype=torch.float64) * self.noise_std
         y = model(torch.from_numpy(x).to(model.weight.device)).cpu() + noise
@@ -191,7 +155,7 @@ class LinearRegression(Task):
     def evaluate(self, model: nn.Module, samples: Pool | None) -> dict[str, float]:
         """``excess_error`` = mean ``||w_hat - w*||^2_Sigma``; ``test_error`` adds ``sigma^2``;
         ``excess_error_normalized`` divides by ``sigma^2 d / (T - d - 1)``."""
-        self._require_setup()
+        self.require_setup()
         err = float(excess_error(model.weight.detach().cpu().numpy(), self.w_star, self.eigenvalues).mean())
         return {"excess_error": err, "excess_error_normalized": err / self.unit,
                 "test_error": err + self.noise_std ** 2}
