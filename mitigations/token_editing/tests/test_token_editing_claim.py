@@ -1,60 +1,40 @@
 """The ToEdit claim on markov-text: editing real text keeps KL(true || model) and the lost tail mass
 near generation 0, while replace + ancestral sampling drifts away generation after generation.
 
-Fast variant: the whole loop with an add-0.1 bigram counting model as the prior (exact KL from
-the known source, ~2 s). Slow variant: the real engine, GPT-2, markov-text ``cpu`` preset.
+Fast variant: the loop of ``examples/bigram_loop.py``, an add-0.1 bigram counting model as the
+prior (exact KL from the known source, ~2 s). Slow variant: the real engine, GPT-2, markov-text ``cpu`` preset.
 """
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from collapsekit.plugins.tasks.markov_text import MarkovText, sample_chain
-from collapsekit_token_editing import edit_statistics, edit_tokens
+from collapsekit.plugins.tasks.markov_text import MarkovText
 
 
-def fit_bigram(x: np.ndarray, vocab: int, alpha: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Add-alpha transition matrix and first-token distribution of sequences ``x`` [N, T]."""
-    counts = np.full((vocab, vocab), alpha)
-    np.add.at(counts, (x[:, :-1].ravel(), x[:, 1:].ravel()), 1.0)
-    first = np.full(vocab, alpha)
-    np.add.at(first, x[:, 0], 1.0)
-    return counts / counts.sum(1, keepdims=True), first / first.sum()
-
-
-def divergence(P: np.ndarray, pi: np.ndarray, Q: np.ndarray, tail: float = 1e-3) -> tuple[float, float]:
-    """Stationary-weighted KL(P || Q) per token and true mass that Q gives less than ``tail``."""
-    w = pi[:, None] * P
-    return float((w * (np.log(P) - np.log(Q))).sum()), float((w * (Q < tail)).sum())
+def load_example():
+    """``examples/bigram_loop.py`` as a module: the claim is checked on the loop the README shows."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "bigram_loop.py"
+    spec = importlib.util.spec_from_file_location("bigram_loop", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_claim_fast_bigram_prior():
     task = MarkovText(train_size=1000, seq_len=64)           # the source of the markov-text task
-    P, pi, V = task.transition, task.initial, task.vocab_size
     real, _ = task.build_data(0)
-    generations = 5
+    loop = load_example().loop                               # bigram prior: replace vs editing, exact KL
     curves = {}
-    for arm in ("replace", "token-editing"):
-        rng, gen = np.random.default_rng(1), torch.Generator().manual_seed(1)
-        data, kl, tail, shares = real, [], [], []
-        for _ in range(generations):
-            Q, q0 = fit_bigram(data, V)
-            k, t = divergence(P, pi, Q)
-            kl.append(k)
-            tail.append(t)
-            if arm == "replace":                                  # ancestral sampling of the fitted model
-                data = sample_chain(Q, q0, len(real), real.shape[1], rng)
-            else:                                                 # edit the real rows with the fitted model
-                tokens = torch.from_numpy(real)
-                logits = torch.from_numpy(np.concatenate(
-                    [np.broadcast_to(np.log(q0), (len(real), 1, V)), np.log(Q)[real[:, :-1]]], axis=1))
-                edited = edit_tokens(tokens, logits, 0.99, 8, gen, temperature=1.0)
-                shares.append(edit_statistics(tokens, edited, logits, 0.99))
-                data = edited.numpy()
-        curves[arm] = (np.array(kl), np.array(tail), shares)
+    for arm in ("replace", "edit"):
+        rows = loop(task, real, 5, arm, threshold=0.99, top_k=8, temperature=1.0)
+        curves[arm] = (np.array([r["kl"] for r in rows]), np.array([r["tail"] for r in rows]), rows)
     kl_r, tail_r, _ = curves["replace"]
-    kl_e, tail_e, shares = curves["token-editing"]
+    kl_e, tail_e, shares = curves["edit"]
     # editing is not vacuous: near-deterministic rows pass 0.99, a few of their tokens move
     assert all(s["share_above"] > 0.005 for s in shares)
     assert all(0 < s["share_changed"] < 0.05 * s["share_above"] for s in shares)
