@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import CollapsekitError, ConfigError, PluginLoadError, PluginNotFound
 from .fileio import atomic_write_bytes
+from .quiet import silence_lightning
 
 PRESETS = ("smoke", "cpu", "gpu")
 DEFAULT_SEEDS = {"smoke": (0,), "cpu": (0, 1), "gpu": (0, 1, 2)}
@@ -277,16 +278,8 @@ def write_bench_configs(directory: str | Path, preset: str, tasks: Sequence[str]
 
 
 def _quiet() -> None:
-    import logging
-    import warnings
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.fabric.utilities.rank_zero", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*non-writable.*")
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    """Silence Lightning for a bench process (cells print their own one-line progress)."""
+    silence_lightning(extra_warnings=(".*non-writable.*", ".*module\\(s\\) in eval mode.*"))
 
 
 def run_cell(cell: Mapping, root: str | Path, label: str = "", progress: bool = True) -> dict:

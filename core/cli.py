@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any, Sequence
 
 from .errors import CollapsekitError, ConfigError
+from .quiet import silence_lightning
 
 USAGE = """usage: collapsekit COMMAND [options]
 
@@ -47,17 +48,6 @@ def load_task_classes() -> dict[str, Any]:
 
 
 # -- run -------------------------------------------------------------------------
-def quiet_lightning() -> None:
-    """Hide Lightning's per-Trainer info lines (GPU available, tips): a run builds one Trainer per generation."""
-    import logging
-    import warnings
-
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-
 def build_run_parser():
     """The jsonargparse parser of ``collapsekit run``: ``run:``, ``task:`` and ``trainer:``."""
     from jsonargparse import ActionConfigFile
@@ -149,7 +139,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     from .progress import GenerationProgressBar
     from .run import Run
 
-    quiet_lightning()
+    silence_lightning()
     if not argv:
         build_run_parser().print_help()
         return 2

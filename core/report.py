@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import CollapsekitError
+from .run import finished_generations, read_metrics
 
 MAX_PANELS = 4
 
@@ -85,12 +86,7 @@ def _task_attr(class_path: str | None, attr: str, default: Any) -> Any:
 # -- one run directory -------------------------------------------------------------------------
 def read_run_metrics(run_dir: Path) -> list[dict[str, float]]:
     """``metrics.json`` of every finished generation (``done`` present), in order."""
-    out = []
-    k = 0
-    while (run_dir / f"gen_{k}" / "done").is_file():
-        out.append(json.loads((run_dir / f"gen_{k}" / "metrics.json").read_text()))
-        k += 1
-    return out
+    return [read_metrics(run_dir, k) for k in range(finished_generations(run_dir))]
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

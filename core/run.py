@@ -76,6 +76,19 @@ RESUMABLE_KEYS = ("run.generations", "run.overwrite", "run.root", "trainer.enabl
                   "trainer.enable_model_summary", "trainer.logger", "trainer.callbacks")
 
 
+def finished_generations(run_dir: str | Path) -> int:
+    """Number of leading generations of ``run_dir`` that are complete (``gen_<k>/done`` present)."""
+    k = 0
+    while (Path(run_dir) / f"gen_{k}" / "done").is_file():
+        k += 1
+    return k
+
+
+def read_metrics(run_dir: str | Path, generation: int) -> dict[str, float]:
+    """``gen_<generation>/metrics.json`` of ``run_dir``."""
+    return json.loads((Path(run_dir) / f"gen_{generation}" / "metrics.json").read_text())
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
     if not isinstance(d, dict):
@@ -157,10 +170,7 @@ class Run:
 
     def finished(self) -> int:
         """Number of leading generations that are complete (``done`` present)."""
-        k = 0
-        while self.is_done(k):
-            k += 1
-        return k
+        return finished_generations(self.dir)
 
     def synthetic(self, generation: int) -> Pool:
         """The filtered synthetic pool written by ``generation`` (memory-mapped)."""
@@ -171,7 +181,7 @@ class Run:
         return PoolHistory(lambda g: self.gen_dir(g) / "pool", generation)
 
     def metrics_of(self, generation: int) -> dict[str, float]:
-        return json.loads((self.gen_dir(generation) / "metrics.json").read_text())
+        return read_metrics(self.dir, generation)
 
     # -- start-up checks --------------------------------------------------------
     def prepare_directory(self) -> None:

@@ -23,20 +23,17 @@ provides the fixture ``collapsekit_run_tiny``.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import importlib
 import importlib.metadata
 import inspect
 import json
-import logging
 import math
 import pickle
 import re
 import site
 import subprocess
 import sys
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +49,7 @@ from .hookspecs import KNOWN_REQUIREMENTS
 from .loop import ENGINE_METRIC_PREFIXES
 from .markers import PROJECT
 from .pool import REAL, Pool
+from .quiet import quiet_lightning
 from .registry import discover, implemented_hooks, instantiate, normalize, resolve
 
 RESERVED_LOSS_TERMS = ("task", "total")
@@ -430,25 +428,6 @@ def build_hooks(plugin: Any, name: str, distribution: str, extra_plugins: Sequen
     hooks = CheckingHooks(pm, dists, objects, name) if checking else Hooks(pm, dists, objects)
     hooks.check_exclusive_roles()
     return hooks
-
-
-@contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's info lines and data-loader warnings for the duration of a tiny run."""
-    import lightning.pytorch  # noqa: F401 - it sets its logger to INFO when first imported
-
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def run_tiny(root: str | Path, plugins: Sequence[Any] = (), task: Any = None, hooks: Hooks | None = None,
