@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.metadata
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -19,7 +18,8 @@ import pluggy
 from . import hookspecs
 from .errors import CollapsekitError, HookError, PluginConflict, PluginError, PluginLoadError
 from .markers import PROJECT
-from .registry import PluginInfo, discover, implemented_hooks, instantiate, normalize, registered, resolve
+from .registry import (PluginInfo, discover, distribution_of, implemented_hooks, instantiate, normalize, registered,
+                       resolve)
 
 DEFAULT_PLUGINS = ("replace", "ancestral", "probes")
 HOOK_NAMES = tuple(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{PROJECT}_spec"))
@@ -55,9 +55,7 @@ def _import_path(path: str) -> PluginInfo:
         target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise PluginLoadError(f"cannot import plugin class_path {path!r}: {exc}") from None
-    top = module_name.split(".")[0]
-    dist = (importlib.metadata.packages_distributions().get(top) or [top])[0]
-    return PluginInfo(attr, dist, "", target, path, hooks=implemented_hooks(target))
+    return PluginInfo(attr, distribution_of(target), "", target, path, hooks=implemented_hooks(target))
 
 
 def _unknown_hook_message(plugin_name: str, dist: str, hook: str) -> str:

@@ -17,7 +17,7 @@ import inspect
 import os
 import re
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, entry_points, packages_distributions
 from typing import Any
 
 from .errors import PluginLoadError, PluginNotFound
@@ -51,6 +51,12 @@ _registered: dict[str, PluginInfo] = {}
 def normalize(name: str) -> str:
     """Name used for matching: case-insensitive, ``-`` and ``_`` ignored."""
     return re.sub(r"[-_\s]", "", name).lower()
+
+
+def distribution_of(obj: Any) -> str:
+    """The installed distribution providing ``obj``'s top-level package, else that package's name."""
+    top = (getattr(obj, "__module__", None) or getattr(type(obj), "__module__", "") or "?").split(".")[0]
+    return (packages_distributions().get(top) or [top])[0]
 
 
 def implemented_hooks(target: Any) -> list[str]:

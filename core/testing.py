@@ -50,7 +50,7 @@ from .loop import ENGINE_METRIC_PREFIXES
 from .markers import PROJECT
 from .pool import REAL, Pool
 from .quiet import quiet_lightning
-from .registry import discover, implemented_hooks, instantiate, normalize, resolve
+from .registry import discover, distribution_of, implemented_hooks, instantiate, normalize, resolve
 
 RESERVED_LOSS_TERMS = ("task", "total")
 """Loss-term names the engine uses itself (``loss/task``, ``loss/total``)."""
@@ -405,13 +405,6 @@ class CheckingHooks(Hooks):
 
 
 # -- building and running ------------------------------------------------------------------
-def distribution_of(obj: Any) -> str:
-    """The installed distribution providing ``obj``'s top-level package, else that package's name."""
-    top = (getattr(obj, "__module__", None) or getattr(type(obj), "__module__", "") or "?").split(".")[0]
-    dists = importlib.metadata.packages_distributions().get(top) or [top]
-    return dists[0]
-
-
 def build_hooks(plugin: Any, name: str, distribution: str, extra_plugins: Sequence[Any] = (),
                 defaults: Iterable[str] = DEFAULT_PLUGINS, checking: bool = True) -> Hooks:
     """Hooks of a run with the built-in defaults, ``extra_plugins`` (names or ``{class_path, init_args}``)
@@ -534,8 +527,7 @@ class PluginConformance:
         if "." in cls.plugin_name:
             from .dispatch import _import_path
 
-            info = _import_path(cls.plugin_name)
-            info.distribution = distribution_of(info.target)
+            info = _import_path(cls.plugin_name)          # its distribution found as for run.plugins
         else:
             info = resolve(cls.plugin_name, discover())
         return instantiate(info, dict(cls.plugin_args)), info.name, info.distribution
