@@ -181,7 +181,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         return 0
     _print_table(results, headline)
     try:
-        from .report import report
+        from .bench.report import report
         plots = report(run.dir)
         if plots:
             print(f"plots: {', '.join(str(p) for p in plots)}")
@@ -322,7 +322,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
         return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
     if args.perf:
-        from .perf import run_perf
+        from .bench.perf import run_perf
 
         run_perf(out=args.out)
         return 0
@@ -347,7 +347,7 @@ def cmd_report(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="collapsekit report", description="Redraw plots of a run or bench dir.")
     p.add_argument("path")
     args = p.parse_args(argv)
-    from .report import report
+    from .bench.report import report
 
     for path in report(args.path):
         print(path)

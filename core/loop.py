@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import CollapsekitError, HookError, PluginConflict
-from .hookspecs import KNOWN_REQUIREMENTS
+from .capabilities import check_requirements
 from .fileio import atomic_write_bytes, atomic_write_json
 from .pool import Pool
 from .run import Run
@@ -56,19 +56,7 @@ def start(run: Run) -> None:
     reqs: set[str] = set()
     for _, value in run.hooks.call("requirements", task=run.task):
         reqs.update([value] if isinstance(value, str) else value)
-    unknown = sorted(reqs - KNOWN_REQUIREMENTS)
-    if unknown:
-        hints = {u: difflib.get_close_matches(u, sorted(KNOWN_REQUIREMENTS), n=1) for u in unknown}
-        shown = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
-        raise CollapsekitError(f"unknown requirement {shown} declared by the active plugins; "
-                               f"known requirements: {', '.join(sorted(KNOWN_REQUIREMENTS))}")
-    missing = sorted(reqs - set(run.task.provides))
-    if missing:
-        from .errors import TaskIncompatible
-
-        raise TaskIncompatible(
-            f"task {run.task.name!r} cannot provide {missing} required by the active plugins "
-            f"(it provides {sorted(run.task.provides) or 'nothing extra'}); pick another task or plugin")
+    check_requirements(run.task, reqs)
     run.requirements = frozenset(reqs)
     run.task.setup(derive_seed(run.seed, 0, "data"))
     real = run.task.real_pool()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .capabilities import provided_by
 from .pool import Pool
 
 
@@ -34,6 +35,10 @@ class PoolDataset(Dataset):
 class Task:
     """Base class of every task. Subclasses set the class variables and override the methods.
 
+    What a task can do for plugins is declared by inheriting capabilities
+    (:mod:`collapsekit.capabilities`, e.g. ``class MyTask(Task, Sampler, TokenSequences)``);
+    :attr:`provides` is derived from them.
+
     Lifecycle in a run: ``setup(seed)`` once; then per generation
     ``build_model()`` (under a seeded global RNG), ``dataloader(pool, ...)``,
     ``step(...)`` every training step, ``sample(...)`` to synthesize and
@@ -43,7 +48,7 @@ class Task:
     name: ClassVar[str] = "task"
     #: names of the arrays in this task's pools (e.g. ``("tokens",)``)
     pool_keys: ClassVar[tuple[str, ...]] = ()
-    #: requirement names (see the ``requirements`` hook) this task can satisfy
+    #: requirement names of the capabilities this task inherits (derived, never set by hand)
     provides: ClassVar[frozenset[str]] = frozenset()
     #: direction of every metric :meth:`evaluate` returns
     higher_is_better: ClassVar[Mapping[str, bool]] = {}
@@ -51,6 +56,17 @@ class Task:
     #: "trainer": {...}, "generations": n}`` plus optional ``seeds``, ``init``,
     #: ``samples_per_generation``, ``plugin_args`` (see ``configs/bench/README.md``)
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: the metrics that sum up a run of this task, shown first in tables and plots
+    headline: ClassVar[tuple[str, ...]] = ()
+    #: the methods ``collapsekit bench`` compares on this task by default (``baseline`` first)
+    bench_methods: ClassVar[tuple[str, ...]] = ("baseline",)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "provides" in vars(cls):
+            raise TypeError(f"{cls.__name__}.provides is derived from the capabilities the task inherits "
+                            "(collapsekit.capabilities); inherit them instead of setting provides")
+        cls.provides = provided_by(cls)
 
     @classmethod
     def preset(cls, name: str) -> dict:
@@ -104,11 +120,7 @@ class Task:
         """Forward one batch; return a dict with at least ``"loss"`` (scalar tensor)."""
         raise NotImplementedError
 
-    # -- synthesis and probes ----------------------------------------------
-    def sample(self, model: torch.nn.Module, n: int, generator: torch.Generator, **options: Any) -> dict[str, np.ndarray]:
-        """Draw ``n`` items from ``model`` (ancestral sampling); arrays named as ``pool_keys``."""
-        raise NotImplementedError
-
+    # -- probes -------------------------------------------------------------
     def evaluate(self, model: torch.nn.Module, samples: Pool | None) -> dict[str, float]:
         """The task's collapse probes for ``model`` and its synthetic ``samples``."""
         return {}

@@ -1,4 +1,4 @@
-"""The benchmark runner (collapsekit.bench), its rendering (collapsekit.report) and the perf smoke."""
+"""The benchmark runner (collapsekit.bench.runner), its rendering (collapsekit.bench.report) and the perf smoke."""
 from __future__ import annotations
 
 import json
@@ -99,7 +99,7 @@ def test_later_calls_with_other_cells_merge_into_results(tmp_path):
 
 
 def test_report_rerenders_a_bench_dir(bench_dir):
-    from collapsekit.report import report
+    from collapsekit.bench.report import report
 
     out, _ = bench_dir
     before = (out / "RESULTS.md").read_text()
@@ -113,7 +113,7 @@ def test_report_rerenders_a_bench_dir(bench_dir):
 def test_report_plots_a_single_run(tmp_path, tiny_task):
     from collapsekit.dispatch import build_manager
     from collapsekit.loop import execute, trainer_factory
-    from collapsekit.report import report
+    from collapsekit.bench.report import report
     from collapsekit.run import Run, RunConfig
 
     config = RunConfig(name="r", root=str(tmp_path), generations=2)
@@ -128,7 +128,7 @@ def test_report_plots_a_single_run(tmp_path, tiny_task):
 
 
 def test_markdown_table_mean_std_and_best():
-    from collapsekit.report import render_markdown
+    from collapsekit.bench.report import render_markdown
 
     values = {("a", 0): 2.0, ("a", 1): 4.0, ("b", 0): 1.0, ("b", 1): 1.5}   # loss: lower is better
     rows = [{"task": "t", "method": m, "seed": s, "generation": g, "metric": "loss", "value": v + g}
@@ -188,7 +188,7 @@ class FakeTask:
 
 
 def test_plan_skips_default_methods_that_are_not_installed(monkeypatch, capsys):
-    import collapsekit.bench as bench
+    import collapsekit.bench.runner as bench
 
     monkeypatch.setattr(bench, "load_tasks", lambda names=None: ({"fake": FakeTask},
                                                                  {"gone": "collapsekit-x: ImportError: boom"}))
@@ -219,7 +219,7 @@ def test_requested_task_that_fails_to_import_is_an_error(monkeypatch):
 
 
 def test_perf_smoke_writes_every_section(tmp_path):
-    from collapsekit.perf import run_perf
+    from collapsekit.bench.perf import run_perf
 
     result = run_perf(tmp_path, smoke=True)
     text = (tmp_path / "PERF.md").read_text()

@@ -34,6 +34,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
+from collapsekit.capabilities import TextItems
 from collapsekit.pool import Pool
 from collapsekit.plugins.probes import distinct_n
 from collapsekit.plugins.tasks.language import CausalLMTask
@@ -102,7 +103,7 @@ def draw_windows(books: Sequence[str], seq_len: int, n: int, rng: np.random.Gene
     return windows[np.sort(rng.choice(len(windows), size=n, replace=False))]
 
 
-class BibleLM(CausalLMTask):
+class BibleLM(CausalLMTask, TextItems):
     """Byte-level GPT-2 on the King James Bible, trained generation after generation on its own text.
 
     Args:

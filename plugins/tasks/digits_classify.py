@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collapsekit.capabilities import HiddenStates, Sampler, StepFeatures, TwoViews
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.tasks.digits import check_split, load_digit_images
 from collapsekit.plugins.sampling import filter_logits
@@ -168,7 +169,7 @@ class DigitsMLP(nn.Module):
 
 
 # -- task ------------------------------------------------------------------------------------------
-class DigitsClassify(Task):
+class DigitsClassify(Task, Sampler, StepFeatures, HiddenStates, TwoViews):
     """Classification of the 8x8 digits with pseudo-label self-training across generations.
 
     Args:
@@ -186,13 +187,14 @@ class DigitsClassify(Task):
 
     name: ClassVar[str] = "digits-classify"
     pool_keys: ClassVar[tuple[str, ...]] = ("images", "labels", "source")
-    provides: ClassVar[frozenset[str]] = frozenset({"features", "hidden_states", "reference_model"})
     higher_is_better: ClassVar[dict[str, bool]] = {
         "accuracy": True, "heldout_nll": False, "ece": False, "nc1": True, "nc1_train": True,
         "effective_rank": True, "label_agreement": True, "within_class_variation": True, "class_separation": True,
     }
     headline: ClassVar[tuple[str, ...]] = ("accuracy", "nc1", "effective_rank", "label_agreement")
     bench_methods: ClassVar[tuple[str, ...]] = ("baseline", "label-smoothing", "maxsup", "vicreg")
+    #: hidden layers of :class:`DigitsMLP` (the ``hidden_states`` the step returns)
+    n_layer: ClassVar[int] = 2
 
     def __init__(self, train_size: int = 1000, heldout_size: int = 500, hidden: int = 128, feature_dim: int = 32,
                  view_noise: float = 0.1, view_shift: int = 1, synth_noise: float = 0.1, synth_shift: int = 0,

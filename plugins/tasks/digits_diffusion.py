@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collapsekit.capabilities import FrozenFeatures, LatentEncoder, Sampler, StepFeatures
 from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.tasks.digits import check_split, load_digit_images
@@ -221,7 +222,7 @@ class _ArrayBatches(torch.utils.data.Dataset):
 
 
 # -- task ----------------------------------------------------------------------------------------
-class DigitsDiffusion(Task):
+class DigitsDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures):
     """Class-conditional DDPM on 8x8 digits, trained generation after generation on its own samples.
 
     Args:
@@ -240,7 +241,6 @@ class DigitsDiffusion(Task):
 
     name: ClassVar[str] = "digits-diffusion"
     pool_keys: ClassVar[tuple[str, ...]] = ("x", "y")
-    provides: ClassVar[frozenset[str]] = frozenset({"features"})
     higher_is_better: ClassVar[dict[str, bool]] = {
         "fid": False, "class_accuracy": True, "effective_rank": True, "ole": False, "heldout_loss": False}
     headline: ClassVar[tuple[str, ...]] = ("fid", "class_accuracy", "ole", "effective_rank")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.pool import Pool
+from collapsekit.capabilities import Sampler
 from collapsekit.task import Task
 
 
@@ -40,7 +41,7 @@ def full_batch_loader(pool: Pool, task_name: str) -> DataLoader:
     return DataLoader(FullBatch(pool), batch_size=None, shuffle=False)
 
 
-class ExactFitTask(Task):
+class ExactFitTask(Task, Sampler):
     """A task whose ``step`` fits its model exactly on the full pool (one batch per step)."""
 
     def require_setup(self) -> None:

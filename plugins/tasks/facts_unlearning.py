@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from collapsekit.capabilities import ForgetRetain, TextItems
 from collapsekit.pool import REAL, Pool
 from collapsekit.plugins.tasks.language import CausalLMTask
 
@@ -62,12 +63,11 @@ def _unlearn_args(lr: float, steps: int) -> dict:
     return {"gradient-ascent": args, "npo": args, "npo-rt": args}
 
 
-class FactsUnlearning(CausalLMTask):
+class FactsUnlearning(CausalLMTask, ForgetRetain, TextItems):
     """Fictitious facts on a small GPT-2: learn all (generation 0), unlearn a forget split (generations >= 1)."""
 
     name: ClassVar[str] = "facts-unlearning"
     pool_keys: ClassVar[tuple[str, ...]] = ("example_id", "tokens")
-    provides: ClassVar[frozenset[str]] = CausalLMTask.provides | {"forget_data"}
     headline: ClassVar[tuple[str, ...]] = ("forget_acc", "retain_acc", "template_nll", "sample_valid")
     bench_methods: ClassVar[tuple[str, ...]] = ("gradient-ascent", "npo", "npo-rt")
     higher_is_better: ClassVar[dict[str, bool]] = {

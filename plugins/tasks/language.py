@@ -12,18 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from collapsekit.pool import REAL, Pool
+from collapsekit.capabilities import HiddenStates, Items, Sampler, StepFeatures, TokenSequences
 from collapsekit.task import Task
 from collapsekit.plugins.probes import distinct_n, effective_rank, tail_coverage, unigram_entropy
 from collapsekit.plugins.sampling import sample_tokens
 
 
-class CausalLMTask(Task):
+class CausalLMTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Items):
     """Token-sequence task on a randomly initialised ``transformers`` GPT-2."""
 
     pool_keys: ClassVar[tuple[str, ...]] = ("tokens",)
     #: the pool array that holds an item (what latent-space plugins encode)
     input_key: ClassVar[str] = "tokens"
-    provides: ClassVar[frozenset[str]] = frozenset({"hidden_states", "reference_model", "features"})
     higher_is_better: ClassVar[dict[str, bool]] = {
         "heldout_nll": False,
         "heldout_ppl": False,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from collapsekit.capabilities import PauseTokens
 from collapsekit.pool import Pool
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.sampling import sample_tokens
@@ -37,7 +38,7 @@ IGNORE = -100
 _MAX_LAYERS = 48
 
 
-class Multiplication(CausalLMTask):
+class Multiplication(CausalLMTask, PauseTokens):
     """Generated ``digits x digits_b`` multiplication, reversed-digit format, optional pause tokens."""
 
     name: ClassVar[str] = "multiplication"

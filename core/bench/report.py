@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import CollapsekitError
-from .run import finished_generations, read_metrics
+from ..errors import CollapsekitError
+from ..run import finished_generations, read_metrics
 
 MAX_PANELS = 4
 

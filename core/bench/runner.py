@@ -32,9 +32,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import CollapsekitError, ConfigError, PluginLoadError, PluginNotFound
-from .fileio import atomic_write_bytes
-from .quiet import silence_lightning
+from ..errors import CollapsekitError, ConfigError, PluginLoadError, PluginNotFound
+from ..fileio import atomic_write_bytes
+from ..quiet import silence_lightning
 
 PRESETS = ("smoke", "cpu", "gpu")
 DEFAULT_SEEDS = {"smoke": (0,), "cpu": (0, 1), "gpu": (0, 1, 2)}
@@ -55,7 +55,7 @@ def load_tasks(names: Sequence[str] | None = None) -> tuple[dict[str, type], dic
     With ``names``, exactly those tasks (any case, ``-``/``_`` ignored); an unknown name raises
     ``PluginNotFound`` with suggestions and a task that fails to import raises ``PluginLoadError``.
     """
-    from .registry import TASK_GROUP, discover, resolve
+    from ..registry import TASK_GROUP, discover, resolve
 
     found = discover(TASK_GROUP)
     if names is None:
@@ -85,7 +85,7 @@ def check_method(method: str, available: Mapping[str, Any], known_methods: Itera
     """Raise ``PluginNotFound`` (with "did you mean") or ``PluginLoadError`` if a part is not installed."""
     import difflib
 
-    from .registry import normalize, resolve
+    from ..registry import normalize, resolve
 
     for part in method_parts(method):
         if normalize(part) not in {normalize(k) for k in available}:
@@ -104,7 +104,7 @@ def check_method(method: str, available: Mapping[str, Any], known_methods: Itera
 
 def method_plugins(method: str, plugin_args: Mapping[str, Mapping] | None = None) -> list[Any]:
     """The ``run.plugins`` list of ``method``, with ``plugin_args[name]`` as init_args where given."""
-    from .registry import normalize
+    from ..registry import normalize
 
     args = {normalize(k): dict(v) for k, v in (plugin_args or {}).items()}
     return [{"class_path": p, "init_args": args[normalize(p)]} if normalize(p) in args else p
@@ -144,7 +144,7 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
     method that is not installed is skipped with a printed note
     (``require_installed=False``: no plugin check at all, e.g. to write configs).
     """
-    from .registry import discover, normalize
+    from ..registry import discover, normalize
 
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -242,7 +242,7 @@ def cell_config(cell: Mapping, root: str | Path) -> dict:
 
     ``collapsekit run --config <that file>`` reproduces the cell.
     """
-    from .run import RunConfig
+    from ..run import RunConfig
 
     config = RunConfig(name=cell_name(cell["method"], cell["seed"]), root=str(root),
                        generations=int(cell["generations"]), seed=int(cell["seed"]), init=cell["init"],
@@ -289,9 +289,9 @@ def run_cell(cell: Mapping, root: str | Path, label: str = "", progress: bool = 
     both times accumulate over all invocations (kept in ``<root>/<cell name>.wall.json``)
     and resumed generations add nothing.
     """
-    from .dispatch import build_manager
-    from .loop import execute, trainer_factory
-    from .run import Run, RunConfig
+    from ..dispatch import build_manager
+    from ..loop import execute, trainer_factory
+    from ..run import Run, RunConfig
 
     _quiet()
     import lightning.pytorch  # noqa: F401 - imported before the clock starts, not billed to the first cell
@@ -446,7 +446,7 @@ def run_bench(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: 
     resumes: finished generations and cells are read back, not retrained. Cells of
     the same preset from earlier calls with other tasks/methods/seeds are kept.
     """
-    from .registry import registered
+    from ..registry import registered
     from .report import render_bench
 
     if jobs < 1:

@@ -30,8 +30,8 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from .fileio import atomic_write_bytes
-from .markers import hookimpl
+from ..fileio import atomic_write_bytes
+from ..markers import hookimpl
 
 FULL = {"task": {"vocab_size": 64, "seq_len": 64, "train_size": 2000, "heldout_size": 500, "n_layer": 2,
                  "n_embd": 64, "n_head": 2, "batch_size": 64},
@@ -104,15 +104,15 @@ def _task(sizes: dict):
 
 
 def _trainer(steps: int):
-    from .loop import trainer_factory
+    from ..loop import trainer_factory
 
     return trainer_factory(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                            enable_model_summary=False)
 
 
 def _new_run(root: Path, name: str, task, plugins=(), generations: int = 1, seed: int = 0):
-    from .dispatch import build_manager
-    from .run import Run, RunConfig
+    from ..dispatch import build_manager
+    from ..run import Run, RunConfig
 
     config = RunConfig(name=name, root=str(root), generations=generations, seed=seed, plugins=list(plugins),
                        overwrite=True)
@@ -167,7 +167,7 @@ def _installed(module: str) -> bool:
 
 
 def _plugin_class(short_name: str):
-    from .registry import discover, resolve
+    from ..registry import discover, resolve
 
     return resolve(short_name, discover()).target
 
@@ -206,7 +206,7 @@ def _reset_peak_rss() -> bool:
 # -- 1. engine overhead ------------------------------------------------------------------------------
 def plain_training(task, real, steps: int, seed: int) -> torch.nn.Module:
     """The same steps as the engine's generation 0, in a plain torch loop (same init, batches, optimiser)."""
-    from .seeds import derive_seed
+    from ..seeds import derive_seed
 
     torch.manual_seed(derive_seed(seed, 0, "init"))
     model = task.build_model()
@@ -228,7 +228,7 @@ def plain_training(task, real, steps: int, seed: int) -> torch.nn.Module:
 
 
 def engine_overhead(cfg: dict, root: Path) -> tuple[Section, torch.nn.Module]:
-    from .loop import start, train_generation
+    from ..loop import start, train_generation
 
     task = _task(cfg["task"])
     run = _new_run(root, "engine", task)
@@ -263,8 +263,8 @@ def engine_overhead(cfg: dict, root: Path) -> tuple[Section, torch.nn.Module]:
 
 # -- 2. plugin dispatch -------------------------------------------------------------------------------
 def plugin_dispatch(cfg: dict, root: Path) -> Section:
-    from .loop import execute
-    from .registry import register, unregister
+    from ..loop import execute
+    from ..registry import register, unregister
 
     counter = [0]
 
@@ -354,11 +354,11 @@ def npo_cache(cfg: dict, root: Path) -> Section:
         return Section(title, skipped="collapsekit_npo is not installed (pip install ./mitigations/npo)")
     import shutil
 
-    from .bench import load_tasks
-    from .dispatch import build_manager
-    from .loop import execute
-    from .registry import register, unregister
-    from .run import Run, RunConfig
+    from .runner import load_tasks
+    from ..dispatch import build_manager
+    from ..loop import execute
+    from ..registry import register, unregister
+    from ..run import Run, RunConfig
 
     try:
         npo_cls = _plugin_class("npo")
@@ -420,7 +420,7 @@ def editing_vs_ancestral(cfg: dict, root: Path, model: torch.nn.Module) -> Secti
     if not _installed("collapsekit_token_editing"):
         return Section(title, skipped="collapsekit_token_editing is not installed "
                                       "(pip install ./mitigations/token_editing)")
-    from .loop import start
+    from ..loop import start
     from collapsekit.plugins.baselines import AncestralSampling
 
     editing = _plugin_class("token-editing")()
@@ -447,8 +447,8 @@ def editing_vs_ancestral(cfg: dict, root: Path, model: torch.nn.Module) -> Secti
 # -- 6. pool growth ----------------------------------------------------------------------------------
 def _growth_worker(method: str, cfg: dict, root: str, threads: int) -> list[dict]:
     """Run ``cfg['growth_generations']`` generations of ``method`` in this (fresh) process."""
-    from .bench import _quiet
-    from .loop import execute
+    from .runner import _quiet
+    from ..loop import execute
 
     torch.set_num_threads(threads)
     _quiet()
@@ -479,7 +479,7 @@ def pool_growth(cfg: dict, root: Path) -> Section:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from .registry import discover, normalize
+    from ..registry import discover, normalize
 
     names = {normalize(n): n for n, i in discover().items() if not i.error}
     methods = [names.get(normalize(m)) for m in ("accumulate", "accumulate-subsample")]
@@ -566,7 +566,7 @@ def run_perf(out: str | Path = "bench", smoke: bool = False) -> dict:
     ``smoke=True`` uses tiny sizes and one repeat (for tests: it checks that
     everything runs, its numbers mean nothing).
     """
-    from .bench import _quiet, environment
+    from .runner import _quiet, environment
 
     _quiet()
     cfg = SMOKE if smoke else FULL

@@ -1,0 +1,250 @@
+"""Task capabilities: what a plugin may rely on a task to do, declared by subclassing.
+
+A capability is an abstract base class with a docstring contract. A task *declares*
+it by inheriting from it (nominal typing: a method that merely has the right name,
+such as an ``encode(a, b)`` that means something else, never counts), and
+:attr:`collapsekit.task.Task.provides` is derived from the capabilities it inherits.
+
+A plugin checks what it needs in its ``configure`` hook with :func:`require`, which
+stops the run *before anything trains* with one message naming the capability, the
+task and the plugin. Plugins may also ask for a capability by name through the
+``requirements`` hook (the names in :data:`CAPABILITIES`, plus the engine-provided
+:data:`ENGINE_REQUIREMENTS`).
+"""
+from __future__ import annotations
+
+import abc
+import difflib
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .errors import TaskIncompatible
+
+
+class Capability(abc.ABC):
+    """Base of every capability; ``requirement`` is its name in ``Task.provides`` and ``requirements``."""
+
+    requirement: ClassVar[str] = ""
+
+
+class Sampler(Capability):
+    """The task can draw new items from a trained model (ancestral sampling).
+
+    ``sample(model, n, generator, **options)`` returns ``dict[str, numpy.ndarray]`` with the
+    task's ``pool_keys``, ``n`` items each, drawing randomness only from ``generator``.
+    """
+
+    requirement = "sampler"
+
+    @abc.abstractmethod
+    def sample(self, model: torch.nn.Module, n: int, generator: torch.Generator, **options: Any
+               ) -> dict[str, np.ndarray]:
+        """Draw ``n`` items from ``model``."""
+
+
+class TokenSequences(Capability):
+    """Items are token sequences, and the model predicts the next token.
+
+    * pools hold ``"tokens"``: ``int64 [N, T]`` whose first column is a BOS id;
+    * ``vocab_size`` content ids are ``0 .. vocab_size - 1``; ids ``>= vocab_size`` (BOS,
+      specials) are never content;
+    * ``eval_batch_size``: rows per forward pass for evaluation-style work;
+    * :meth:`token_logits` gives the prediction of every next token;
+    * the task's ``step`` returns ``"logits"`` ``[N, T-1, V']`` and ``"labels"`` ``[N, T-1]``
+      (``logits[:, t]`` predicts ``labels[:, t] = tokens[:, t+1]``).
+    """
+
+    requirement = "tokens"
+    vocab_size: int
+    eval_batch_size: int
+
+    @abc.abstractmethod
+    def token_logits(self, model: torch.nn.Module, tokens: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, T-1, V']`` of ``tokens [N, T]`` (no grad): ``[:, t]`` predicts ``tokens[:, t+1]``."""
+
+
+class HiddenStates(Capability):
+    """The task's ``step`` returns per-layer hidden states when asked.
+
+    With ``"hidden_states"`` in the requirements passed to ``step``, the outputs hold
+    ``"hidden_states"``: a tuple of ``[N, T, D]`` tensors for sequence models (the embeddings
+    first, then the output of each of the ``n_layer`` blocks) or ``[N, D]`` for flat models (the
+    output of each of the ``n_layer`` hidden layers); optionally ``"attention_mask"`` ``[N, T]``
+    (true = real position).
+    """
+
+    requirement = "hidden_states"
+    n_layer: int
+
+
+class StepFeatures(Capability):
+    """The task's ``step`` returns one representation vector per item when asked.
+
+    With ``"features"`` in the requirements passed to ``step``, the outputs hold
+    ``"features"``: ``[N, D]``, differentiable, from the model being trained.
+    """
+
+    requirement = "features"
+
+
+class Items(Capability):
+    """The task names the pool array that holds an item, and the one holding its label.
+
+    ``input_key``: pool array of the item; ``label_key``: pool array of the label an item was
+    generated for, or ``None`` for unlabelled items; ``num_classes``: number of labels
+    (``None`` when unlabelled).
+    """
+
+    requirement = "items"
+    input_key: ClassVar[str]
+    label_key: ClassVar[str | None] = None
+    num_classes: ClassVar[int | None] = None
+
+
+class LatentEncoder(Items):
+    """The task maps items into a latent space of one of its models.
+
+    :meth:`encode` returns ``[N, D]`` latents of items (arrays of the ``input_key`` pool
+    array) under ``model``, without gradients.
+    """
+
+    requirement = "latents"
+
+    @abc.abstractmethod
+    def encode(self, model: torch.nn.Module, items: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Latents ``[N, D]`` of ``items`` under ``model``."""
+
+
+class FrozenFeatures(Items):
+    """The task has a frozen feature extractor of items, fixed for the run (e.g. an evaluator)."""
+
+    requirement = "frozen_features"
+
+    @abc.abstractmethod
+    def features(self, items: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Features ``[N, D]`` of ``items``."""
+
+
+class TextItems(Items):
+    """Items can be decoded to text."""
+
+    requirement = "text"
+
+    @abc.abstractmethod
+    def decode(self, items: np.ndarray) -> list[str]:
+        """The text of each item."""
+
+
+class ForgetRetain(Capability):
+    """The task splits its real data into a forget set and a retain set (unlearning).
+
+    ``forget_pool()`` / ``retain_pool()`` are real-data pools whose batches carry
+    ``"example_id"`` (one id per item, unique in the task); ``answer_mask(batch)`` marks the
+    label positions ``[N, T-1]`` that belong to the answer; the task's ``step`` returns
+    ``"logits"`` and ``"labels"`` (per-sequence log-probabilities are summed over the mask).
+    """
+
+    requirement = "forget_data"
+
+    @abc.abstractmethod
+    def forget_pool(self) -> Any:
+        """The items to unlearn."""
+
+    @abc.abstractmethod
+    def retain_pool(self) -> Any:
+        """The items whose knowledge must be kept."""
+
+    @abc.abstractmethod
+    def answer_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Boolean ``[N, T-1]``: which label positions are the answer."""
+
+
+class TwoViews(Capability):
+    """The task can produce two augmented views of a batch (joint-embedding regularizers).
+
+    ``augmented_views(model, batch)`` returns two step-output dicts, each with
+    ``"features"`` ``[N, D]`` of the same items under independent augmentations.
+    """
+
+    requirement = "views"
+
+    @abc.abstractmethod
+    def augmented_views(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> Sequence[Mapping]:
+        """Two views' outputs of ``batch``."""
+
+
+class PauseTokens(Capability):
+    """The task can insert ``pause_tokens`` learnable pause tokens between question and answer.
+
+    ``pause_tokens`` may be set before the task's data are built (in ``configure``).
+    """
+
+    requirement = "pause_tokens"
+    pause_tokens: int
+
+
+CAPABILITIES: dict[str, type[Capability]] = {c.requirement: c for c in (
+    Sampler, TokenSequences, HiddenStates, StepFeatures, Items, LatentEncoder, FrozenFeatures, TextItems,
+    ForgetRetain, TwoViews, PauseTokens)}
+"""Every capability by its requirement name."""
+
+ENGINE_REQUIREMENTS = frozenset({"reference_model"})
+"""Requirements the engine satisfies for every task: ``reference_model`` (a frozen copy of the model
+as it was when the generation started, ``module.reference_model``)."""
+
+
+def provided_by(task_class: type) -> frozenset[str]:
+    """Requirement names of the capabilities ``task_class`` inherits."""
+    return frozenset(c.requirement for c in CAPABILITIES.values() if issubclass(task_class, c))
+
+
+def describe(capability: type[Capability]) -> str:
+    """``Name`` plus the first line of its contract, for error messages."""
+    first = (capability.__doc__ or "").strip().splitlines()[0]
+    return f"{capability.__name__} ({first.rstrip('.')})"
+
+
+def provides(task: Any) -> frozenset[str]:
+    """What ``task`` provides: its class's capabilities, narrowed by an instance ``provides`` attribute
+    (a task whose capability depends on its settings, e.g. forget data only when given)."""
+    return frozenset(getattr(task, "provides", provided_by(type(task)))) & provided_by(type(task))
+
+
+def check_requirements(task: Any, names: Iterable[str]) -> None:
+    """Raise unless every requirement name is known and satisfied by ``task`` or the engine."""
+    names = set(names)
+    known = set(CAPABILITIES) | ENGINE_REQUIREMENTS
+    unknown = sorted(names - known)
+    if unknown:
+        from .errors import CollapsekitError
+
+        hints = {u: difflib.get_close_matches(u, sorted(known), n=1) for u in unknown}
+        shown = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
+        raise CollapsekitError(f"unknown requirement {shown} declared by the active plugins; "
+                               f"known requirements: {', '.join(sorted(known))}")
+    missing = sorted(names - ENGINE_REQUIREMENTS - provides(task))
+    if missing:
+        name = getattr(task, "name", type(task).__name__)
+        shown = "; ".join(describe(CAPABILITIES[m]) for m in missing)
+        raise TaskIncompatible(
+            f"task {name!r} cannot provide {missing} required by the active plugins: {shown}. It provides "
+            f"{sorted(provides(task)) or 'nothing extra'}; pick another task or plugin")
+
+
+def require(task: Any, *capabilities: type[Capability], plugin: str, why: str = "") -> None:
+    """Raise :class:`~collapsekit.errors.TaskIncompatible` unless ``task`` has every capability.
+
+    The message names the first missing capability, the task and ``plugin``; ``why`` may add
+    what the plugin uses it for. Call it in ``configure``: the run then stops before training.
+    """
+    for capability in capabilities:
+        if not isinstance(task, capability) or capability.requirement not in provides(task):
+            name = getattr(task, "name", type(task).__name__)
+            reason = f" to {why}" if why else ""
+            raise TaskIncompatible(
+                f"{plugin} needs the task capability {describe(capability)}{reason}, but task {name!r} "
+                f"({type(task).__name__}) does not provide it (it provides: "
+                f"{', '.join(sorted(provides(task))) or 'none'}); pick a task that does, "
+                f"or remove {plugin} from run.plugins")
