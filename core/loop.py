@@ -7,8 +7,6 @@ seed derives from ``(run seed, generation, role)`` and every input is on disk.
 """
 from __future__ import annotations
 
-import difflib
-import io
 from typing import Any, Callable
 
 import numpy as np
@@ -26,17 +24,6 @@ ENGINE_METRIC_PREFIXES = ("loss/", "filter/", "synthetic/", "pool/", "train/")
 
 TrainerFactory = Callable[[int, Any], Any]
 """``(generation, gen_dir) -> lightning.Trainer``: a fresh trainer for each generation."""
-
-
-def _state_bytes(model: torch.nn.Module) -> bytes:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getvalue()
-
-
-def _load_state(model: torch.nn.Module, path) -> torch.nn.Module:
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model
 
 
 def _plain(value: Any, key: str) -> float:
@@ -68,12 +55,11 @@ def start(run: Run) -> None:
 def build_model(run: Run, generation: int) -> torch.nn.Module:
     """The initial weights of ``generation`` according to ``run.config.init``."""
     torch.manual_seed(derive_seed(run.seed, generation if run.config.init == "scratch" else 0, "init"))
-    model = run.task.build_model()
     if generation > 0 and run.config.init == "previous":
-        _load_state(model, run.gen_dir(generation - 1) / "model.pt")
-    elif generation > 0 and run.config.init == "base":
-        _load_state(model, run.gen_dir(0) / "model.pt")
-    return model
+        return run.task.load_model(run.gen_dir(generation - 1))
+    if generation > 0 and run.config.init == "base":
+        return run.task.load_model(run.gen_dir(0))
+    return run.task.build_model()
 
 
 def train_generation(run: Run, generation: int, make_trainer: TrainerFactory):
@@ -204,21 +190,22 @@ def run_generation(run: Run, generation: int, make_trainer: TrainerFactory) -> d
     module, pool = train_generation(run, generation, make_trainer)
     model = module.model
     lead = process_rank() == 0            # the process group may exist only now
-    if lead:
-        atomic_write_bytes(gen_dir / "model.pt", _state_bytes(model))
+    model_files = run.task.save_model(model, gen_dir) if lead else []
     samples = synthesize_shards(run, model, generation)
     if lead:
-        metrics = _store_and_measure(run, generation, module, pool, samples)
+        metrics = _store_and_measure(run, generation, module, pool, samples, model_files)
     _barrier()
     return metrics if lead else run.metrics_of(generation)
 
 
-def _store_and_measure(run: Run, generation: int, module, pool: Pool, samples: Pool) -> dict[str, float]:
+def _store_and_measure(run: Run, generation: int, module, pool: Pool, samples: Pool,
+                       model_files: list[str]) -> dict[str, float]:
     gen_dir = run.gen_dir(generation)
     model = module.model
     kept, filter_stats = filter_pool(run, samples, generation)
-    files = ["model.pt"]
+    files = list(model_files)
     files += [f"pool/{f}" for f in kept.save(gen_dir / "pool").values()]
+    files += run.task.write_samples(kept, gen_dir)
     lineage = Pool({}, pool.origin_generation, pool.origin_index)
     files += [f"train_lineage/{f}" for f in lineage.save(gen_dir / "train_lineage").values()]
     with torch.no_grad():

@@ -3,7 +3,8 @@
 Run directory layout (``<root>/<name>/``)::
 
     config.yaml            resolved config of the run (written at start)
-    gen_<k>/model.pt       trained weights of generation k (state_dict)
+    gen_<k>/model.pt       trained weights of generation k (``Task.save_model``: a state_dict by
+                           default, ``model/`` in the library's format for library models)
     gen_<k>/pool/*.npy     filtered synthetic pool of generation k, with lineage
     gen_<k>/train_lineage/ lineage of the pool generation k trained on
     gen_<k>/metrics.json   flat {metric: number}
@@ -175,6 +176,10 @@ class Run:
     def synthetic(self, generation: int) -> Pool:
         """The filtered synthetic pool written by ``generation`` (memory-mapped)."""
         return Pool.load(self.gen_dir(generation) / "pool")
+
+    def model_of(self, generation: int) -> torch.nn.Module:
+        """The trained model of ``generation`` (saved before its synthesis), in eval mode, without grad."""
+        return self.task.load_model(self.gen_dir(generation)).eval().requires_grad_(False)
 
     def history(self, generation: int) -> PoolHistory:
         """Synthetic pools of generations ``0 .. generation-1``."""

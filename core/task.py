@@ -8,6 +8,8 @@ and configured in YAML under ``task:`` with ``class_path``/``init_args``.
 from __future__ import annotations
 
 import copy
+import io
+from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
@@ -111,6 +113,33 @@ class Task:
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model (the global torch RNG is seeded by the engine)."""
         raise NotImplementedError
+
+    def save_model(self, model: torch.nn.Module, directory: Path) -> list[str]:
+        """Save ``model`` into ``directory`` (a generation's folder); return the written files' paths
+        relative to it (the engine checksums them in the generation's manifest).
+
+        Default: ``model.pt``, the ``state_dict``. Tasks on a library's models save in that library's
+        format instead (e.g. ``save_pretrained`` into ``model/``).
+        """
+        from .fileio import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        atomic_write_bytes(Path(directory) / "model.pt", buffer.getvalue())
+        return ["model.pt"]
+
+    def load_model(self, directory: Path) -> torch.nn.Module:
+        """The model that :meth:`save_model` saved into ``directory``. Default: :meth:`build_model`
+        with the weights of ``model.pt``."""
+        model = self.build_model()
+        model.load_state_dict(torch.load(Path(directory) / "model.pt", map_location="cpu", weights_only=True))
+        return model
+
+    def write_samples(self, samples: Pool, directory: Path) -> list[str]:
+        """Write a person-readable view of a generation's synthetic ``samples`` into ``directory``
+        (e.g. ``samples.jsonl`` of decoded text, ``samples.png`` of an image grid); return the
+        files' relative paths. Default: nothing."""
+        return []
 
     def configure_optimizers(self, model: torch.nn.Module) -> Any:
         """Optimizer (and optionally scheduler) in Lightning's ``configure_optimizers`` format."""

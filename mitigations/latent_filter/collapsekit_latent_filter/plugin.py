@@ -131,13 +131,7 @@ class LatentFilter:
         """Items -> latents ``[N, D]`` in the configured space (the generation-0 model is read from disk)."""
         task = run.task
         if self.latent == "model":
-            path = run.gen_dir(ENCODER_GENERATION) / "model.pt"
-            if not path.is_file():
-                raise TaskIncompatible(f"latent-filter: the generation-{ENCODER_GENERATION} weights {path} are "
-                                       f"missing; they are written before synthesis, so re-run the generation")
-            model = task.build_model()
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            model.eval()
+            model = run.model_of(ENCODER_GENERATION)
             return lambda items: torch.as_tensor(task.encode(model, items))
         if self.latent == "features":
             return lambda items: torch.as_tensor(task.features(items))

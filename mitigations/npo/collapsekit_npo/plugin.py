@@ -238,8 +238,7 @@ class NPO(_Unlearning):
             raise TaskIncompatible(f"{self.name}: the module has no reference_model; the engine provides one "
                                    f"when a plugin requires 'reference_model'")
         if not self._reference_ready:
-            path = module.run.gen_dir(0) / "model.pt"
-            ref.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            ref.load_state_dict(module.run.model_of(0).state_dict())
             ref.eval().requires_grad_(False)
             self._reference_ready = True
         return ref
