@@ -1,6 +1,6 @@
 """collapsekit: generational training with pluggy hook points, for studying model collapse.
 
-Stable public names: :data:`hookimpl`, :func:`register`, :class:`Pool`, :data:`REAL`,
+Stable public names: :data:`hookimpl`, :func:`registered`, :class:`Pool`, :data:`REAL`,
 :class:`Task`, :class:`GenerationalModule`, :class:`RunConfig`, :class:`Run`,
 and the errors in :mod:`collapsekit.errors`.
 """
@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from .errors import CollapsekitError
 from .markers import hookimpl, hookspec
 from .pool import REAL, Pool, PoolHistory
-from .registry import register, unregister
+from .registry import register, registered, unregister
 from .seeds import derive_seed
 
 try:
@@ -17,7 +17,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["hookimpl", "hookspec", "register", "unregister", "Pool", "PoolHistory", "REAL", "Task",
+__all__ = ["hookimpl", "hookspec", "registered", "register", "unregister", "Pool", "PoolHistory", "REAL", "Task",
            "GenerationalModule", "Run", "RunConfig", "CollapsekitError", "derive_seed", "__version__"]
 
 

@@ -44,7 +44,18 @@ class Sampler(Capability):
         """Draw ``n`` items from ``model``."""
 
 
-class TokenSequences(Capability):
+class LabelledLogits(Capability):
+    """The task's ``step`` returns class scores and their targets.
+
+    Outputs ``"logits"`` ``[..., C]`` and ``"labels"`` ``[...]`` (class indices, ``-100`` for
+    positions left out): what a replacement of the cross-entropy (label smoothing, MaxSup)
+    needs.
+    """
+
+    requirement = "logits"
+
+
+class TokenSequences(LabelledLogits):
     """Items are token sequences, and the model predicts the next token.
 
     * pools hold ``"tokens"``: ``int64 [N, T]`` whose first column is a BOS id;
@@ -186,7 +197,7 @@ class PauseTokens(Capability):
 
 
 CAPABILITIES: dict[str, type[Capability]] = {c.requirement: c for c in (
-    Sampler, TokenSequences, HiddenStates, StepFeatures, Items, LatentEncoder, FrozenFeatures, TextItems,
+    Sampler, LabelledLogits, TokenSequences, HiddenStates, StepFeatures, Items, LatentEncoder, FrozenFeatures, TextItems,
     ForgetRetain, TwoViews, PauseTokens)}
 """Every capability by its requirement name."""
 
@@ -201,9 +212,9 @@ def provided_by(task_class: type) -> frozenset[str]:
 
 
 def describe(capability: type[Capability]) -> str:
-    """``Name`` plus the first line of its contract, for error messages."""
-    first = (capability.__doc__ or "").strip().splitlines()[0]
-    return f"{capability.__name__} ({first.rstrip('.')})"
+    """``Name ('requirement': first line of its contract)``, for error messages."""
+    first = (capability.__doc__ or "").strip().splitlines()[0].replace("``", "").rstrip(".")
+    return f"{capability.__name__} ({capability.requirement!r}: {first[0].lower()}{first[1:]})"
 
 
 def provides(task: Any) -> frozenset[str]:

@@ -222,13 +222,13 @@ def cmd_fit(argv: Sequence[str]) -> int:
 
 # -- plugins / tasks / hooks ----------------------------------------------------------
 def cmd_plugins(argv: Sequence[str]) -> int:
-    from .registry import discover, registered
+    from .registry import discover, in_process
 
     p = argparse.ArgumentParser(prog="collapsekit plugins", description="List discovered plugins.")
     p.add_argument("--verbose", "-v", action="store_true", help="show hooks, requirements and source")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
-    infos = list(discover().values()) + list(registered().values())
+    infos = list(discover().values()) + list(in_process().values())
     rows = []
     for info in infos:
         row = {"name": info.name, "distribution": info.distribution, "version": info.version,

@@ -16,13 +16,14 @@ from typing import Any, Iterable, Mapping
 import pluggy
 
 from . import hookspecs
+from .contracts import HOOKS, check_result
 from .errors import CollapsekitError, HookError, PluginConflict, PluginError, PluginLoadError
 from .markers import PROJECT
-from .registry import (PluginInfo, discover, distribution_of, implemented_hooks, instantiate, normalize, registered,
+from .registry import (PluginInfo, discover, distribution_of, implemented_hooks, in_process, instantiate, normalize,
                        resolve)
 
 DEFAULT_PLUGINS = ("replace", "ancestral", "probes")
-HOOK_NAMES = tuple(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{PROJECT}_spec"))
+HOOK_NAMES = tuple(HOOKS)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def build_manager(plugins: Iterable[Any], available: Mapping[str, PluginInfo] | 
         else:
             info = resolve(spec.name, available)
         add(info, instantiate(info, dict(spec.init_args)))
-    for info in registered().values():
+    for info in in_process().values():
         add(info, info.target)
     hooks = Hooks(pm, dists, objects)
     hooks.check_exclusive_roles()
@@ -146,8 +147,7 @@ class Hooks:
         return [name for name, _, _ in self._impls[hook]]
 
     def check_exclusive_roles(self) -> None:
-        policies = [n for n in self.implementers("compose_pool")
-                    if not getattr(self.objects[n], "is_default_policy", False)]
+        policies = [impl.plugin_name for impl in self.pm.hook.compose_pool.get_hookimpls() if not impl.trylast]
         if len(policies) > 1:
             raise PluginConflict(
                 f"two compose_pool policies are active: {', '.join(map(self.plugin_label, policies))}; "
@@ -200,6 +200,14 @@ class Hooks:
         return merged, owner
 
     def _invoke(self, hook, name, function, argnames, kwargs):
+        value = self._call(hook, name, function, argnames, kwargs)
+        problems = check_result(hook, value, kwargs)
+        if problems:
+            raise HookError(f"plugin {self.plugin_label(name)} broke the contract of {hook}: "
+                            + "; ".join(problems) + " (see `collapsekit hooks`)")
+        return value
+
+    def _call(self, hook, name, function, argnames, kwargs):
         try:
             return function(*[kwargs[a] for a in argnames])
         except CollapsekitError as exc:

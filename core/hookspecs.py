@@ -12,8 +12,11 @@ plugin that produced it; hook wrappers are therefore not supported.
 
 Arguments that recur:
 
-* ``run`` -- the :class:`collapsekit.run.Run`: ``run.task``, ``run.seed``,
-  ``run.generations``, ``run.dir``, ``run.requirements``, ``run.rng(generation, role)``.
+* ``run`` -- the :class:`collapsekit.run.Run`, read-only once generation 0 starts:
+  ``run.task``, ``run.seed``, ``run.generations``, ``run.config``, ``run.dir``,
+  ``run.requirements``, ``run.samples_per_generation``, ``run.rng(generation, role)``,
+  ``run.torch_generator(generation, role)``, ``run.model_of(generation)``,
+  ``run.save_file(generation, name, data)`` / ``run.read_file(generation, name)``.
 * ``generation`` -- the 0-based index of the generation (generation 0 trains on real data).
 * ``task`` -- the :class:`collapsekit.task.Task` of the run.
 * ``model`` -- the trained ``torch.nn.Module`` of this generation (eval mode).
@@ -44,14 +47,13 @@ def requirements(task):
     """Declare what the engine must provide to this plugin, once per run.
 
     Return an iterable of strings; the union over all plugins is stored as
-    ``run.requirements`` and passed to the task. Known names:
-    ``"hidden_states"`` (per-layer hidden states in ``outputs`` of
-    ``loss_terms``), ``"reference_model"`` (a frozen copy of the model as it
-    was when the generation started, as ``module.reference_model``),
-    ``"forget_data"`` (the task's forget split: ``task.forget_pool()`` and
-    ``task.retain_pool()``, each a real-data pool), ``"features"`` (a
-    representation vector per item in ``outputs["features"]``). A task that
-    cannot provide a requirement raises ``TaskIncompatible`` naming it.
+    ``run.requirements`` and passed to the task's ``step``. Known names: the
+    requirement name of every task capability (:mod:`collapsekit.capabilities`,
+    e.g. ``"hidden_states"``, ``"features"``, ``"forget_data"``, ``"tokens"``)
+    and ``"reference_model"``, which the engine provides itself (a frozen copy of
+    the model as it was when the generation started, ``module.reference_model``).
+    A requirement the task lacks stops the run before training with a message
+    naming the capability.
     """
 
 
@@ -71,20 +73,20 @@ def compose_pool(run, generation, real, history):
 
 
 @hookspec(firstresult=True)
-def synthesize(run, model, generation):
-    """Produce the synthetic data of ``generation`` from its trained ``model``.
+def synthesize(run, model, generation, request):
+    """Produce the synthetic data of one shard of ``generation`` from its trained ``model``.
 
     Called after training, once per *shard*: the engine splits a generation's
     synthesis into fixed-size shards (spread over DDP ranks) so that the pool
-    does not depend on the number of workers. Return ``dict[str,
-    numpy.ndarray]`` with the task's pool array names and exactly
-    ``run.samples_per_generation`` items (the shard's size; the engine adds
-    lineage), or ``None`` to leave it to the next implementation.
-    ``run.synthesis_slice`` (a ``slice``) and ``run.synthesis_total`` say which
-    items of the whole generation this shard makes, for plugins that plan
-    over the whole generation. Draw randomness only from
-    ``run.torch_generator(generation, "synthesize")`` (seeded per shard) so
-    that results do not depend on resume points or the number of workers.
+    does not depend on the number of workers. ``request`` is a
+    :class:`~collapsekit.run.SynthesisRequest`: ``request.size`` items to make,
+    items ``request.slice`` (``request.start`` onwards) of the generation's
+    ``request.total``, and ``request.generator``, a CPU ``torch.Generator`` seeded
+    from ``(run seed, generation, shard)`` -- draw randomness only from it (or from
+    ``run.torch_generator`` roles) so that results do not depend on resume points
+    or the number of workers. Return ``dict[str, numpy.ndarray]`` with the task's
+    pool array names and exactly ``request.size`` items (the engine adds lineage),
+    or ``None`` to leave it to the next implementation.
 
     firstresult: the built-in ``ancestral`` (``trylast``) samples from the model
     with the task's sampler.
@@ -108,9 +110,10 @@ def loss_terms(module, batch, outputs):
     """Add named loss terms to every training step.
 
     ``module`` is the :class:`~collapsekit.module.GenerationalModule` (its
-    ``task``, ``run``, ``generation``, ``reference_model`` and Lightning state
-    such as ``global_step``); ``batch`` the task's batch; ``outputs`` the task's
-    step output: ``"loss"`` (the task loss), and per task ``"logits"``,
+    ``task``, ``run``, ``generation``, ``reference_model`` and the engine
+    services: ``module.progress``, ``module.trainable(name)``,
+    ``module.request_stop()``); ``batch`` the task's batch; ``outputs`` the
+    task's step output: ``"loss"`` (the task loss), and per task ``"logits"``,
     ``"labels"``, ``"hidden_states"``, ``"features"`` as requested.
 
     Return ``dict[str, torch.Tensor]`` of finite scalar tensors. Every term of
@@ -127,10 +130,12 @@ def generation_start(run, generation, module):
     """Called on every plugin right before ``generation``'s training starts.
 
     ``module`` is the fresh :class:`~collapsekit.module.GenerationalModule`
-    (its ``model`` already initialised; its Trainer not yet attached). Return
+    (its ``model`` already initialised; training not yet started). Return
     nothing. Use it for per-generation state: schedules (e.g. a coefficient
-    ramp), caches keyed by generation, or extra trainable parameters added to
-    ``module.model`` so that the task's optimizer sees them.
+    ramp), caches keyed by generation, extra trainable modules
+    (``module.add_trainable(name, nn.Module)``: trained with the model, never
+    saved with it) or an optimizer state to continue from
+    (``module.restore_optimizer(state, lr=None)``).
     """
 
 
@@ -139,9 +144,11 @@ def generation_end(run, generation, module):
     """Called on every plugin right after ``generation``'s training ends.
 
     ``module`` is the trained :class:`~collapsekit.module.GenerationalModule`
-    (its ``trainer`` still attached). Called before the weights are saved and
-    before synthesis and metrics. Return nothing. Use it to release
-    per-generation state or to record training statistics.
+    (``module.optimizer_state()`` gives its optimizers' final state). Called
+    before the weights are saved and before synthesis and metrics. Return
+    nothing. Use it to release per-generation state or to record training
+    statistics; files go through ``run.save_file(generation, name, data)`` so that
+    they are checksummed in the generation's manifest.
     """
 
 

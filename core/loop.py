@@ -12,15 +12,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import CollapsekitError, HookError, PluginConflict
+from .errors import CollapsekitError
 from .capabilities import check_requirements
 from .fileio import atomic_write_bytes, atomic_write_json
 from .pool import Pool
 from .run import Run
 from .seeds import derive_seed
-
-ENGINE_METRIC_PREFIXES = ("loss/", "filter/", "synthetic/", "pool/", "train/")
-"""Metric key prefixes the engine writes itself; plugins may not use them."""
 
 TrainerFactory = Callable[[int, Any], Any]
 """``(generation, gen_dir) -> lightning.Trainer``: a fresh trainer for each generation."""
@@ -50,6 +47,7 @@ def start(run: Run) -> None:
     if len(real) == 0:
         raise CollapsekitError(f"task {run.task.name!r} produced an empty real dataset; check its size settings")
     run.samples_per_generation = run.config.samples_per_generation or len(real)
+    run.freeze()
 
 
 def build_model(run: Run, generation: int) -> torch.nn.Module:
@@ -71,11 +69,9 @@ def train_generation(run: Run, generation: int, make_trainer: TrainerFactory):
                               history=run.history(generation))
     if pool is None:
         raise CollapsekitError("no compose_pool policy returned a pool; is the built-in 'replace' disabled?")
-    if not isinstance(pool, Pool):
-        raise HookError(f"compose_pool must return a collapsekit Pool, got {type(pool).__name__}")
     run.task.check_pool(pool)
     model = build_model(run, generation)
-    module = GenerationalModule(run.task, model, run.hooks, run, generation, run.requirements)
+    module = GenerationalModule(run, generation, model)
     torch.manual_seed(derive_seed(run.seed, generation, "train"))
     loader = run.task.dataloader(pool, shuffle=True, seed=derive_seed(run.seed, generation, "shuffle"))
     run.hooks.call("generation_start", run=run, generation=generation, module=module)
@@ -124,8 +120,8 @@ def _barrier() -> None:
 def synthesize_shards(run: Run, model: torch.nn.Module, generation: int) -> Pool:
     """Call ``synthesize`` once per shard; ranks take shards round-robin; all ranks get every item.
 
-    Shard ``s`` sees ``run.samples_per_generation`` = its size and ``run.torch_generator(g,
-    "synthesize")`` seeded by ``(seed, g, "synthesize/shard<s>")``; shards are joined in order.
+    Shard ``s`` gets a :class:`~collapsekit.run.SynthesisRequest` of its size whose generator is
+    seeded by ``(seed, g, "synthesize/shard<s>")``; shards are joined in order.
     """
     rank, world = _world()
     total = run.samples_per_generation
@@ -133,18 +129,13 @@ def synthesize_shards(run: Run, model: torch.nn.Module, generation: int) -> Pool
     mine: dict[int, dict[str, np.ndarray]] = {}
     for shard, size in shards[rank::world]:
         torch.manual_seed(derive_seed(run.seed, generation, f"synthesize-global/shard{shard}"))
-        with run.synthesis_shard(shard, size, start=shard * SHARD_SIZE):
-            name, arrays = run.hooks.first("synthesize", run=run, model=model, generation=generation)
+        request = run.synthesis_request(generation, shard, start=shard * SHARD_SIZE, size=size)
+        _, arrays = run.hooks.first("synthesize", run=run, model=model, generation=generation, request=request)
         if arrays is None:
             raise CollapsekitError("no synthesize plugin returned samples; is the built-in 'ancestral' disabled?")
         if isinstance(arrays, Pool):
             arrays = arrays.arrays
-        arrays = {k: np.asarray(v) for k, v in arrays.items()}
-        lengths = {k: len(v) for k, v in arrays.items()}
-        if set(lengths.values()) != {size}:
-            raise HookError(f"plugin {run.hooks.plugin_label(name)}: synthesize returned {lengths} items, "
-                            f"expected {size} (run.samples_per_generation)")
-        mine[shard] = arrays
+        mine[shard] = {k: np.asarray(v) for k, v in arrays.items()}
     if world > 1:
         import torch.distributed as dist
 
@@ -165,9 +156,6 @@ def filter_pool(run: Run, samples: Pool, generation: int) -> tuple[Pool, dict[st
         if isinstance(result, tuple):
             result, scores = result
         mask = np.asarray(result)
-        if mask.dtype != bool or mask.shape != (len(samples),):
-            raise HookError(f"plugin {run.hooks.plugin_label(plugin)}: filter_samples must return a boolean "
-                            f"mask of shape ({len(samples)},), got {mask.dtype} {mask.shape}")
         keep &= mask
         stats[f"filter/{plugin}/kept"] = float(mask.mean()) if len(mask) else 1.0
         if scores is not None and len(scores):
@@ -209,12 +197,7 @@ def _store_and_measure(run: Run, generation: int, module, pool: Pool, samples: P
     lineage = Pool({}, pool.origin_generation, pool.origin_index)
     files += [f"train_lineage/{f}" for f in lineage.save(gen_dir / "train_lineage").values()]
     with torch.no_grad():
-        measured, owners = run.hooks.merged_with_owners("metrics", run=run, model=model, generation=generation)
-    for key in measured:
-        if key.startswith(ENGINE_METRIC_PREFIXES):
-            raise PluginConflict(f"plugin {run.hooks.plugin_label(owners[key])}: metric {key!r} uses a prefix the "
-                                 f"engine writes itself ({', '.join(ENGINE_METRIC_PREFIXES)}); prefix it with the "
-                                 "plugin's name")
+        measured = run.hooks.merged("metrics", run=run, model=model, generation=generation)
     metrics = {k: _plain(v, k) for k, v in measured.items()}
     metrics.update(module.term_means())
     metrics.update(filter_stats)
@@ -224,6 +207,7 @@ def _store_and_measure(run: Run, generation: int, module, pool: Pool, samples: P
     metrics["pool/real_share"] = float(np.mean(np.asarray(pool.origin_generation) < 0)) if len(pool) else 0.0
     atomic_write_json(gen_dir / "metrics.json", metrics)
     files.append("metrics.json")
+    files += run.plugin_files(generation)
     run.write_manifest(generation, files)
     atomic_write_bytes(gen_dir / "done", b"")
     return metrics

@@ -12,20 +12,24 @@ Environment variables:
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points, packages_distributions
-from typing import Any
+from typing import Any, Iterator
 
-from .errors import PluginLoadError, PluginNotFound
+from .errors import CollapsekitError, PluginLoadError, PluginNotFound
 from .markers import PROJECT
 
 PLUGIN_GROUP = "collapsekit"
 TASK_GROUP = "collapsekit.tasks"
 CORE_DISTRIBUTION = "collapsekit"
+IN_PROCESS = "<in-process>"
+"""The distribution shown for plugins registered with :func:`registered`."""
 
 
 @dataclass
@@ -45,7 +49,6 @@ class PluginInfo:
         return self.distribution == CORE_DISTRIBUTION
 
 
-_registered: dict[str, PluginInfo] = {}
 
 
 def normalize(name: str) -> str:
@@ -74,27 +77,44 @@ def implemented_hooks(target: Any) -> list[str]:
     return sorted(names)
 
 
-def register(obj: Any, name: str | None = None) -> Any:
-    """Register an in-process plugin (an object, class or module) under ``name``.
+_in_process: ContextVar[tuple[PluginInfo, ...]] = ContextVar("collapsekit_in_process", default=())
 
-    Registered plugins take part in every run of this process, listed or not;
-    they show in ``collapsekit plugins`` with distribution ``<in-process>``.
-    Returns ``obj`` so that it can be used as a class decorator.
+
+@contextlib.contextmanager
+def registered(obj: Any, name: str | None = None) -> Iterator[Any]:
+    """Within the ``with`` block, runs built in this context also use the in-process plugin ``obj``.
+
+    ``obj`` is an object, class or module implementing hooks, under ``name`` (default: its
+    ``__name__`` or class name); it shows in ``collapsekit plugins`` with distribution
+    ``<in-process>``. Leaving the block removes it, so no later run is affected::
+
+        with collapsekit.registered(MyPolicy(), name="my-policy"):
+            collapsekit.loop.execute(run, make_trainer)
     """
     key = name or getattr(obj, "__name__", type(obj).__name__)
-    _registered[key] = PluginInfo(key, "<in-process>", "", obj, getattr(obj, "__module__", ""),
-                                  hooks=implemented_hooks(obj))
-    return obj
+    info = PluginInfo(key, IN_PROCESS, "", obj, getattr(obj, "__module__", ""), hooks=implemented_hooks(obj))
+    token = _in_process.set(_in_process.get() + (info,))
+    try:
+        yield obj
+    finally:
+        _in_process.reset(token)
+
+
+def in_process() -> dict[str, PluginInfo]:
+    """The in-process plugins of the current context (see :func:`registered`)."""
+    return {info.name: info for info in _in_process.get()}
+
+
+def register(obj: Any, name: str | None = None) -> Any:
+    """Removed: a registration joined every later run of the process. Raises a message naming the fix."""
+    raise CollapsekitError("collapsekit.register() made a plugin join every later run of the process and is "
+                           "gone; use `with collapsekit.registered(obj, name=...):` around the runs that should "
+                           "use it, or list an installed plugin in run.plugins")
 
 
 def unregister(name: str) -> None:
-    """Remove an in-process plugin registered with :func:`register`."""
-    _registered.pop(name, None)
-
-
-def registered() -> dict[str, PluginInfo]:
-    """The in-process plugins registered with :func:`register`."""
-    return dict(_registered)
+    """Removed with :func:`register`; leaving a :func:`registered` block unregisters."""
+    register(None)
 
 
 def _allowed(ep: EntryPoint, dist: str) -> bool:

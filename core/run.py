@@ -7,13 +7,13 @@ Run directory layout (``<root>/<name>/``)::
                            default, ``model/`` in the library's format for library models)
     gen_<k>/pool/*.npy     filtered synthetic pool of generation k, with lineage
     gen_<k>/train_lineage/ lineage of the pool generation k trained on
+    gen_<k>/plugins/       files plugins saved (``Run.save_file``)
     gen_<k>/metrics.json   flat {metric: number}
     gen_<k>/manifest.json  SHA-256 of every file above
     gen_<k>/done           written last; a generation without it is redone
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -30,6 +30,8 @@ from .pool import Pool, PoolHistory
 from .seeds import numpy_rng, torch_generator
 
 INIT_MODES = ("scratch", "previous", "base")
+PLUGIN_FILES = "plugins/"
+"""Folder of a generation that holds the files plugins save through :meth:`Run.save_file`."""
 
 
 @dataclass
@@ -104,8 +106,28 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """What one ``synthesize`` call must make: ``size`` items, items ``start:start+size`` of the
+    generation's ``total``, drawing randomness from ``generator`` (seeded per ``shard``)."""
+
+    shard: int
+    start: int
+    size: int
+    total: int
+    generator: torch.Generator
+
+    @property
+    def slice(self) -> slice:
+        """The items of the generation's pool this shard makes."""
+        return slice(self.start, self.start + self.size)
+
+
 class Run:
-    """Paths, seeds and finished-generation bookkeeping of one run."""
+    """Paths, seeds, files and finished-generation bookkeeping of one run.
+
+    Read-only once generation 0 starts (:meth:`freeze`): plugins keep their own state.
+    """
 
     def __init__(self, config: RunConfig, task: Any, hooks: Any = None, config_dict: dict | None = None) -> None:
         config.validate()
@@ -115,12 +137,19 @@ class Run:
         self.config_dict = config_dict if config_dict is not None else {"run": asdict(config)}
         self.dir = Path(config.root) / config.name
         self.requirements: frozenset[str] = frozenset()
+        """Union of the active plugins' requirements (set when the run starts)."""
         self.samples_per_generation = config.samples_per_generation or 0
-        self._shard: int | None = None
-        self.synthesis_slice: slice | None = None
-        """Inside a synthesis shard: which items of the generation's pool this call makes."""
-        self.synthesis_total: int | None = None
-        """Inside a synthesis shard: how many items the whole generation makes."""
+        """Synthetic items per generation (set when the run starts: default the real pool's size)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise RunStateError(f"run.{name} cannot be set: the run is read-only once generation 0 starts; "
+                                "keep per-run state in the plugin object itself")
+        super().__setattr__(name, value)
+
+    def freeze(self) -> None:
+        """Make the run read-only (the engine calls it before generation 0)."""
+        self._frozen = True
 
     # -- convenience for plugins ----------------------------------------------
     @property
@@ -136,27 +165,14 @@ class Run:
         return self.config.generations
 
     def torch_generator(self, generation: int, role: str) -> torch.Generator:
-        """CPU generator seeded from ``(run seed, generation, role)``.
-
-        Inside a synthesis shard, role ``"synthesize"`` is seeded per shard.
-        """
-        if role == "synthesize" and self._shard is not None:
-            role = f"synthesize/shard{self._shard}"
+        """CPU generator seeded from ``(run seed, generation, role)``."""
         return torch_generator(self.seed, generation, role)
 
-    @contextlib.contextmanager
-    def synthesis_shard(self, shard: int, size: int, start: int):
-        """While synthesizing shard ``shard`` (items ``start:start+size`` of the generation):
-        ``samples_per_generation`` is ``size``, ``synthesis_slice``/``synthesis_total`` say which
-        part of the whole this is, and role ``"synthesize"`` is seeded per shard."""
-        total, self._shard = self.samples_per_generation, shard
-        self.samples_per_generation = size
-        self.synthesis_slice, self.synthesis_total = slice(start, start + size), total
-        try:
-            yield
-        finally:
-            self.samples_per_generation, self._shard = total, None
-            self.synthesis_slice = self.synthesis_total = None
+    def synthesis_request(self, generation: int, shard: int, start: int, size: int) -> SynthesisRequest:
+        """The request of shard ``shard`` of ``generation``; its generator is seeded by
+        ``(seed, generation, "synthesize/shard<shard>")``."""
+        return SynthesisRequest(shard, start, size, self.samples_per_generation,
+                                torch_generator(self.seed, generation, f"synthesize/shard{shard}"))
 
     def rng(self, generation: int, role: str) -> np.random.Generator:
         """NumPy generator seeded from ``(run seed, generation, role)``."""
@@ -165,9 +181,6 @@ class Run:
     # -- directories ----------------------------------------------------------
     def gen_dir(self, generation: int) -> Path:
         return self.dir / f"gen_{generation}"
-
-    def is_done(self, generation: int) -> bool:
-        return (self.gen_dir(generation) / "done").is_file()
 
     def finished(self) -> int:
         """Number of leading generations that are complete (``done`` present)."""
@@ -187,6 +200,39 @@ class Run:
 
     def metrics_of(self, generation: int) -> dict[str, float]:
         return read_metrics(self.dir, generation)
+
+    # -- plugin files -------------------------------------------------------------
+    def save_file(self, generation: int, name: str, data: bytes) -> None:
+        """Write a plugin's file ``gen_<generation>/plugins/<name>`` atomically (lead process only).
+
+        Files are listed with their checksums in the generation's manifest and verified when a
+        resumed run or :meth:`read_file` reads them back.
+        """
+        path = self._plugin_path(generation, name)
+        if self.is_lead:
+            atomic_write_bytes(path, data)
+
+    def read_file(self, generation: int, name: str) -> bytes:
+        """The bytes of a file written by :meth:`save_file`; for a finished generation they are checked
+        against its manifest (a mismatch raises ``RunStateError`` naming the file and the fix)."""
+        path = self._plugin_path(generation, name)
+        if (self.gen_dir(generation) / "done").is_file():
+            self.verify(generation, [PLUGIN_FILES + name])
+        if not path.is_file():
+            raise RunStateError(f"{path} is missing; delete {self.gen_dir(generation)} and the generations "
+                                "after it, then re-run the same command to redo them")
+        return path.read_bytes()
+
+    def _plugin_path(self, generation: int, name: str) -> Path:
+        if not name or name.startswith(("/", ".")) or ".." in Path(name).parts:
+            raise ValueError(f"plugin file name {name!r} must be a relative path inside the generation")
+        return self.gen_dir(generation) / PLUGIN_FILES / name
+
+    def plugin_files(self, generation: int) -> list[str]:
+        """Paths (relative to the generation folder) of every plugin file of ``generation``."""
+        root = self.gen_dir(generation) / PLUGIN_FILES
+        return sorted(p.relative_to(self.gen_dir(generation)).as_posix() for p in root.rglob("*") if p.is_file()) \
+            if root.is_dir() else []
 
     # -- start-up checks --------------------------------------------------------
     def prepare_directory(self) -> None:
@@ -216,8 +262,9 @@ class Run:
 
         return process_rank() == 0
 
-    def verify(self, generation: int) -> None:
-        """Check a finished generation's files against its manifest; raise naming the bad file."""
+    def verify(self, generation: int, only: list[str] | None = None) -> None:
+        """Check a finished generation's files (or ``only`` these) against its manifest; raise naming
+        the bad file."""
         gen_dir = self.gen_dir(generation)
         manifest_path = gen_dir / "manifest.json"
         try:
@@ -225,10 +272,11 @@ class Run:
         except (OSError, ValueError):
             raise RunStateError(f"{manifest_path} is missing or unreadable although {gen_dir}/done exists; "
                                 f"delete {gen_dir} (and later generations) to redo it") from None
-        for rel, digest in manifest.items():
+        for rel in (manifest if only is None else only):
             path = gen_dir / rel
-            if not path.is_file() or sha256_file(path) != digest:
-                state = "missing" if not path.is_file() else "corrupted (checksum mismatch)"
+            if rel not in manifest or not path.is_file() or sha256_file(path) != manifest[rel]:
+                state = ("not in the manifest" if rel not in manifest else "missing" if not path.is_file()
+                         else "corrupted (checksum mismatch)")
                 raise RunStateError(
                     f"{path} is {state}. Delete {gen_dir} and the generations after it, then re-run the "
                     f"same command to redo them.")

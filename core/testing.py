@@ -24,40 +24,32 @@ provides the fixture ``collapsekit_run_tiny``.
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.metadata
 import inspect
 import json
 import math
 import pickle
 import re
-import site
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
-import numpy as np
 import pytest
 
 from . import hookspecs
 from .dispatch import DEFAULT_PLUGINS, HOOK_NAMES, Hooks, build_manager, new_plugin_manager, register_plugin
 from .errors import PluginError
-from .hookspecs import KNOWN_REQUIREMENTS
-from .loop import ENGINE_METRIC_PREFIXES
+from .capabilities import ENGINE_REQUIREMENTS, provides
+from .contracts import HOOKS, RESERVED_LOSS_TERMS, RESERVED_METRIC_PREFIXES, check_result
 from .markers import PROJECT
-from .pool import REAL, Pool
 from .quiet import quiet_lightning
 from .registry import discover, distribution_of, implemented_hooks, instantiate, normalize, resolve
 
-RESERVED_LOSS_TERMS = ("task", "total")
-"""Loss-term names the engine uses itself (``loss/task``, ``loss/total``)."""
-RESERVED_METRIC_PREFIXES = ENGINE_METRIC_PREFIXES
-"""Metric key prefixes the engine writes into ``metrics.json`` itself."""
-VALUE_HOOKS = ("requirements", "compose_pool", "synthesize", "filter_samples", "loss_terms", "metrics")
+VALUE_HOOKS = tuple(name for name, contract in HOOKS.items() if contract.combine != "all called")
 """Hooks whose results are used; the others must return ``None``."""
+__all__ = ["PluginConformance", "ConformanceError", "check_hooks", "check_picklable", "check_requirements",
+           "check_hook_result", "run_tiny", "toy_task", "collapsekit_run_tiny", "RESERVED_LOSS_TERMS",
+           "RESERVED_METRIC_PREFIXES"]
 
 
 class ConformanceError(AssertionError):
@@ -193,176 +185,16 @@ def check_requirements(plugin: Any, task: Any, name: str = "plugin", distributio
     return frozenset([value] if isinstance(value, str) else (value or ()))
 
 
-# -- result contracts -----------------------------------------------------------------------
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool) or isinstance(value, np.bool_):
-        return False
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return True
-    try:
-        import torch
-
-        return isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool
-    except ImportError:  # pragma: no cover
-        return False
-
-
-def _as_float(value: Any) -> float:
-    return float(value.detach().cpu().item()) if hasattr(value, "detach") else float(value)
-
-
-def _check_requirements(value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    try:
-        items = list(value)
-    except TypeError:
-        return [f"must return an iterable of strings, got {type(value).__name__}"]
-    problems = []
-    for item in items:
-        if not isinstance(item, str) or item not in KNOWN_REQUIREMENTS:
-            close = difflib.get_close_matches(str(item), sorted(KNOWN_REQUIREMENTS), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.append(f"unknown requirement {item!r}.{hint} Known: {', '.join(sorted(KNOWN_REQUIREMENTS))}")
-    return problems
-
-
-def _check_compose_pool(value: Any, kwargs: Mapping[str, Any]) -> list[str]:
-    if not isinstance(value, Pool):
-        return [f"must return a collapsekit.pool.Pool (lineage kept), got {type(value).__name__}; build it with "
-                f"real.select(...), history[g] or Pool.concat([...])"]
-    problems = []
-    task = getattr(kwargs.get("run"), "task", None)
-    if task is not None and value.keys != tuple(sorted(task.pool_keys)):
-        problems.append(f"pool holds arrays {list(value.keys)}, the task expects {sorted(task.pool_keys)}")
-    if len(value) == 0:
-        problems.append("returned an empty pool; the generation would have nothing to train on")
-    gen = np.asarray(value.origin_generation)
-    generation = kwargs.get("generation")
-    if len(gen) and (gen.min() < REAL or (generation is not None and gen.max() >= generation)):
-        problems.append(f"lineage origin_generation spans [{gen.min()}, {gen.max()}] but generation {generation} "
-                        f"can only train on real data ({REAL}) and earlier generations; keep the lineage of "
-                        f"the pools you combine (select/concat) instead of Pool.fresh")
-    return problems
-
-
-def _check_synthesize(value: Any, kwargs: Mapping[str, Any]) -> list[str]:
-    if isinstance(value, Pool):
-        value = value.arrays
-    if not isinstance(value, Mapping):
-        return [f"must return dict[str, numpy.ndarray] (or None), got {type(value).__name__}"]
-    run = kwargs.get("run")
-    task = getattr(run, "task", None)
-    problems = []
-    if task is not None and set(value) != set(task.pool_keys):
-        problems.append(f"returned arrays {sorted(value)}, the task's pool_keys are {sorted(task.pool_keys)}")
-    want = getattr(run, "samples_per_generation", None)
-    for key, arr in value.items():
-        if not isinstance(arr, np.ndarray):
-            problems.append(f"array {key!r} is a {type(arr).__name__}, not a numpy.ndarray (use .numpy())")
-        elif arr.dtype == object:
-            problems.append(f"array {key!r} has dtype object; pools are stored as .npy without pickles")
-        elif want and len(arr) != want:
-            problems.append(f"array {key!r} has {len(arr)} items, run.samples_per_generation is {want}")
-    return problems
-
-
-def _check_filter(value: Any, kwargs: Mapping[str, Any]) -> list[str]:
-    n = len(kwargs["samples"]) if kwargs.get("samples") is not None else None
-    scores = None
-    if isinstance(value, tuple):
-        if len(value) != 2:
-            return [f"a tuple result must be (keep, scores), got {len(value)} items"]
-        value, scores = value
-    mask = np.asarray(value)
-    problems = []
-    if mask.dtype != bool or mask.ndim != 1 or (n is not None and len(mask) != n):
-        problems.append(f"keep mask must be a boolean array of shape ({n},), got {mask.dtype} {mask.shape}")
-    if scores is not None:
-        s = np.asarray(scores)
-        if s.ndim != 1 or (n is not None and len(s) != n) or not np.issubdtype(s.dtype, np.number) \
-                or not np.isfinite(s).all():
-            problems.append(f"scores must be {n} finite numbers, got {s.dtype} {s.shape}")
-    return problems
-
-
-def _check_loss_terms(value: Any, kwargs: Mapping[str, Any], grad_checked: set | None) -> list[str]:
-    import torch
-
-    if not isinstance(value, Mapping):
-        return [f"must return dict[str, torch.Tensor], got {type(value).__name__}"]
-    problems = []
-    module = kwargs.get("module")
-    for key, term in value.items():
-        where = f"loss term {key!r}"
-        if not isinstance(key, str) or not key:
-            problems.append(f"loss term names must be non-empty strings, got {key!r}")
-            continue
-        if key in RESERVED_LOSS_TERMS:
-            problems.append(f"{where}: the name is reserved for the engine (loss/{key}); rename it")
-        if not isinstance(term, torch.Tensor) or term.numel() != 1:
-            shape = tuple(term.shape) if isinstance(term, torch.Tensor) else type(term).__name__
-            problems.append(f"{where} must be a scalar tensor, got {shape}; reduce it (e.g. .mean())")
-            continue
-        if not torch.isfinite(term).all():
-            problems.append(f"{where} is not finite ({term.item()})")
-        if not term.requires_grad:
-            problems.append(f"{where} has no gradient (requires_grad is False), so it trains nothing; compute it "
-                            f"from the model's outputs without .detach()/.item()/torch.no_grad()")
-        elif module is not None and grad_checked is not None and key not in grad_checked:
-            grad_checked.add(key)
-            params = [p for p in module.parameters() if p.requires_grad]
-            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True) if params else []
-            if not any(g is not None for g in grads):
-                problems.append(f"{where} does not depend on any trainable parameter of the module")
-            elif not all(torch.isfinite(g).all() for g in grads if g is not None):
-                problems.append(f"{where} has non-finite gradients")
-    return problems
-
-
-def _check_metrics(value: Any) -> list[str]:
-    if not isinstance(value, Mapping):
-        return [f"must return dict[str, float], got {type(value).__name__}"]
-    problems = []
-    for key, item in value.items():
-        if not isinstance(key, str) or not key:
-            problems.append(f"metric names must be non-empty strings, got {key!r}")
-            continue
-        if key.startswith(RESERVED_METRIC_PREFIXES):
-            problems.append(f"metric {key!r}: prefixes {', '.join(RESERVED_METRIC_PREFIXES)} are written by the "
-                            f"engine itself; prefix it with your plugin's name")
-        if not _is_number(item):
-            problems.append(f"metric {key!r} must be a number, got {type(item).__name__}")
-        elif not math.isfinite(_as_float(item)):
-            problems.append(f"metric {key!r} is not finite ({_as_float(item)})")
-    return problems
-
-
 def check_hook_result(hook: str, value: Any, kwargs: Mapping[str, Any], grad_checked: set | None = None
                       ) -> list[str]:
     """Problems (empty when fine) of ``value`` returned by an implementation of ``hook`` called with ``kwargs``.
 
-    ``None`` means "no opinion" for the value hooks and is always fine. For
-    ``loss_terms``, the first time each term name is seen (tracked in
-    ``grad_checked``) its gradient w.r.t. ``kwargs["module"]``'s parameters is checked.
+    The engine's own validators (:data:`collapsekit.contracts.HOOKS`) in strict mode: ``None`` means
+    "no opinion" and is always fine; for ``loss_terms`` terms must also be finite and, the first time
+    each name is seen (tracked in ``grad_checked``), have a gradient w.r.t. ``kwargs["module"]``'s
+    parameters.
     """
-    if hook not in HOOK_NAMES:
-        raise ValueError(f"unknown hook {hook!r}; known: {', '.join(HOOK_NAMES)}")
-    if value is None:
-        return []
-    if hook not in VALUE_HOOKS:
-        return [f"returned a {type(value).__name__}; {hook} must return nothing (its result is ignored)"]
-    if hook == "requirements":
-        return _check_requirements(value)
-    if hook == "compose_pool":
-        return _check_compose_pool(value, kwargs)
-    if hook == "synthesize":
-        return _check_synthesize(value, kwargs)
-    if hook == "filter_samples":
-        return _check_filter(value, kwargs)
-    if hook == "loss_terms":
-        return _check_loss_terms(value, kwargs, grad_checked)
-    return _check_metrics(value)
+    return check_result(hook, value, {**kwargs, "grad_checked": grad_checked}, strict=True)
 
 
 def _contract(hook: str) -> str:
@@ -385,9 +217,9 @@ class CheckingHooks(Hooks):
         self._grad_checked: set[str] = set()
 
     def _invoke(self, hook, name, function, argnames, kwargs):
-        value = super()._invoke(hook, name, function, argnames, kwargs)
         if name != self.subject:
-            return value
+            return super()._invoke(hook, name, function, argnames, kwargs)
+        value = self._call(hook, name, function, argnames, kwargs)
         self.calls[hook] += 1
         if value is not None:
             self.answers[hook] += 1
@@ -575,7 +407,7 @@ class PluginConformance:
         obj, name, dist = self.make_plugin()
         task = self.make_task()
         reqs = check_requirements(obj, task, name, dist)
-        missing = sorted(reqs - set(task.provides))
+        missing = sorted(reqs - provides(task) - ENGINE_REQUIREMENTS)
         if missing:
             raise ConformanceError(f"{_label(name, dist)} requires {missing}, which task {task.name!r} does not "
                                    f"provide; set task_factory to a task that provides them")
@@ -635,58 +467,3 @@ class PluginConformance:
                   "keep no state across runs, or list timing metrics in nondeterministic_metrics.")
 
 
-# -- installing distributions in tests ------------------------------------------------------------
-def _project_name(path: Path) -> str:
-    import tomllib
-
-    data = tomllib.loads((Path(path) / "pyproject.toml").read_text())
-    return data["project"]["name"]
-
-
-def installed_editable_at(dist_name: str) -> Path | None:
-    """The source folder of ``dist_name`` when it is installed editable, else ``None``."""
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-        info = json.loads(dist.read_text("direct_url.json") or "{}")
-    except (importlib.metadata.PackageNotFoundError, ValueError):
-        return None
-    if not info.get("dir_info", {}).get("editable"):
-        return None
-    url = info.get("url", "")
-    return Path(url[len("file://"):]).resolve() if url.startswith("file://") else None
-
-
-def activate_distribution(dist_name: str) -> None:
-    """Make a distribution installed during this process importable here (process its ``.pth`` files)."""
-    importlib.invalidate_caches()
-    dist = importlib.metadata.distribution(dist_name)
-    for file in dist.files or []:
-        if file.suffix == ".pth":
-            pth = Path(dist.locate_file(file))
-            site.addpackage(str(pth.parent), pth.name, set(sys.path))
-    importlib.invalidate_caches()
-
-
-def pip_install_editable(path: str | Path) -> str:
-    """``pip install --no-deps --no-build-isolation -e path`` and activate it here; return the distribution name."""
-    path = Path(path).resolve()
-    name = _project_name(path)
-    if installed_editable_at(name) != path:
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                               "--disable-pip-version-check", "-e", str(path)], capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"pip install -e {path} failed:\n{proc.stdout}\n{proc.stderr}")
-    activate_distribution(name)
-    return name
-
-
-def pip_uninstall(dist_name: str, packages: Iterable[str] = ()) -> None:
-    """``pip uninstall -y dist_name``; forget ``packages`` (and their submodules) in ``sys.modules``."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "--disable-pip-version-check",
-                           dist_name], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"pip uninstall {dist_name} failed:\n{proc.stdout}\n{proc.stderr}")
-    for pkg in packages:
-        for mod in [m for m in sys.modules if m == pkg or m.startswith(pkg + ".")]:
-            del sys.modules[mod]
-    importlib.invalidate_caches()

@@ -1,9 +1,11 @@
 """Built-in baselines: the ``replace`` pool policy and ``ancestral`` sampling.
 
-Both are ``trylast``: any active mitigation implementing the same hook wins.
+Both are ``trylast``: any active mitigation implementing the same hook wins (a
+``compose_pool`` marked ``trylast`` is a default that yields to any other policy).
 """
 from __future__ import annotations
 
+from collapsekit.capabilities import Sampler, require
 from collapsekit.markers import hookimpl
 
 
@@ -13,8 +15,6 @@ class Replace:
     Generation 0 trains on real data. This is the classic self-consuming loop
     that collapses.
     """
-
-    is_default_policy = True
 
     @hookimpl(trylast=True)
     def compose_pool(self, generation, real, history):
@@ -35,12 +35,16 @@ class AncestralSampling:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
 
+    @hookimpl
+    def configure(self, run):
+        require(run.task, Sampler, plugin="ancestral", why="sample new items from the trained model")
+
     @hookimpl(trylast=True)
-    def synthesize(self, run, model, generation):
+    def synthesize(self, run, model, request):
         return run.task.sample(
             model,
-            run.samples_per_generation,
-            run.torch_generator(generation, "synthesize"),
+            request.size,
+            request.generator,
             temperature=self.temperature,
             top_k=self.top_k,
             top_p=self.top_p,

@@ -1,9 +1,17 @@
 """Shared fixtures: tiny real configs that run a real Lightning Trainer in about a second."""
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import json
 import logging
+import site
+import subprocess
+import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterable
 
 import pytest
 import torch
@@ -73,3 +81,70 @@ def cli(capsys):
         return code, out.out, out.err
 
     return call
+
+
+# -- installing real distributions in tests (pip_tools fixture) ---------------------------------------
+def _project_name(path: Path) -> str:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    data = tomllib.loads((Path(path) / "pyproject.toml").read_text())
+    return data["project"]["name"]
+
+
+def installed_editable_at(dist_name: str) -> Path | None:
+    """The source folder of ``dist_name`` when it is installed editable, else ``None``."""
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+        info = json.loads(dist.read_text("direct_url.json") or "{}")
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+    if not info.get("dir_info", {}).get("editable"):
+        return None
+    url = info.get("url", "")
+    return Path(url[len("file://"):]).resolve() if url.startswith("file://") else None
+
+
+def activate_distribution(dist_name: str) -> None:
+    """Make a distribution installed during this process importable here (process its ``.pth`` files)."""
+    importlib.invalidate_caches()
+    dist = importlib.metadata.distribution(dist_name)
+    for file in dist.files or []:
+        if file.suffix == ".pth":
+            pth = Path(dist.locate_file(file))
+            site.addpackage(str(pth.parent), pth.name, set(sys.path))
+    importlib.invalidate_caches()
+
+
+def pip_install_editable(path: str | Path) -> str:
+    """``pip install --no-deps --no-build-isolation -e path`` and activate it here; return the distribution name."""
+    path = Path(path).resolve()
+    name = _project_name(path)
+    if installed_editable_at(name) != path:
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                               "--disable-pip-version-check", "-e", str(path)], capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"pip install -e {path} failed:\n{proc.stdout}\n{proc.stderr}")
+    activate_distribution(name)
+    return name
+
+
+def pip_uninstall(dist_name: str, packages: Iterable[str] = ()) -> None:
+    """``pip uninstall -y dist_name``; forget ``packages`` (and their submodules) in ``sys.modules``."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "--disable-pip-version-check",
+                           dist_name], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"pip uninstall {dist_name} failed:\n{proc.stdout}\n{proc.stderr}")
+    for pkg in packages:
+        for mod in [m for m in sys.modules if m == pkg or m.startswith(pkg + ".")]:
+            del sys.modules[mod]
+    importlib.invalidate_caches()
+
+
+@pytest.fixture(scope="session")
+def pip_tools():
+    """``pip_tools.install(path) -> dist``, ``pip_tools.uninstall(dist, packages)``,
+    ``pip_tools.editable_at(dist) -> Path | None``: real pip installs of test distributions."""
+    return SimpleNamespace(install=pip_install_editable, uninstall=pip_uninstall, editable_at=installed_editable_at)

@@ -17,9 +17,9 @@ from collapsekit.dispatch import build_manager
 from collapsekit.errors import HookError, PluginConflict, PluginLoadError
 from collapsekit.pool import REAL, Pool
 from collapsekit.registry import discover
+from collapsekit.run import SynthesisRequest
 from collapsekit.testing import (ConformanceError, PluginConformance, check_hook_result, check_hooks,
-                                 check_picklable, check_requirements, collapsekit_run_tiny, installed_editable_at,
-                                 pip_install_editable, pip_uninstall, run_tiny, toy_task)
+                                 check_picklable, check_requirements, collapsekit_run_tiny, run_tiny, toy_task)
 
 assert collapsekit_run_tiny  # the kit's fixture, used by test_run_tiny_fixture
 
@@ -28,13 +28,13 @@ DIST = "collapsekit-testplugin"
 
 
 @pytest.fixture(scope="session")
-def testplugin_installed():
+def testplugin_installed(pip_tools):
     """Install tests/plugin_dist editable (no-op when already installed from there); uninstall if we installed it."""
-    was_installed = installed_editable_at(DIST) == PLUGIN_DIST.resolve()
-    name = pip_install_editable(PLUGIN_DIST)
+    was_installed = pip_tools.editable_at(DIST) == PLUGIN_DIST.resolve()
+    name = pip_tools.install(PLUGIN_DIST)
     yield name
     if not was_installed:
-        pip_uninstall(name, ["collapsekit_testplugin"])
+        pip_tools.uninstall(name, ["collapsekit_testplugin"])
 
 
 # -- every built-in plugin and the third-party test plugin pass the kit ------------------------------------
@@ -174,7 +174,7 @@ class FutureLineage:
 
 class ShortSynth:
     @hookimpl
-    def synthesize(self, run, model, generation):
+    def synthesize(self, run, model, generation, request):
         return {"tokens": np.zeros((3, 9), dtype=np.int64)}
 
 
@@ -236,6 +236,10 @@ def _fake_run(n=4):
     return SimpleNamespace(task=task, samples_per_generation=n)
 
 
+def _request(n=4):
+    return SynthesisRequest(0, 0, n, n, torch.Generator())
+
+
 def _pool(gens):
     gens = np.asarray(gens, dtype=np.int64)
     return Pool({"tokens": np.zeros((len(gens), 3), dtype=np.int64)}, gens, np.arange(len(gens)))
@@ -247,9 +251,9 @@ def _pool(gens):
     ("compose_pool", {"tokens": np.zeros((2, 3))}, {"run": _fake_run(), "generation": 1}, "must return a collapsekit"),
     ("compose_pool", _pool([0, 1]), {"run": _fake_run(), "generation": 1}, "can only train on real data"),
     ("compose_pool", _pool([]), {"run": _fake_run(), "generation": 1}, "empty pool"),
-    ("synthesize", {"text": np.zeros((4, 3))}, {"run": _fake_run()}, "pool_keys are ['tokens']"),
-    ("synthesize", {"tokens": torch.zeros(4, 3)}, {"run": _fake_run()}, "not a numpy.ndarray"),
-    ("synthesize", {"tokens": np.zeros((3, 3))}, {"run": _fake_run()}, "run.samples_per_generation is 4"),
+    ("synthesize", {"text": np.zeros((4, 3))}, {"run": _fake_run(), "request": _request()}, "pool_keys are ['tokens']"),
+    ("synthesize", {"tokens": torch.zeros(4, 3)}, {"run": _fake_run(), "request": _request()}, "not a numpy.ndarray"),
+    ("synthesize", {"tokens": np.zeros((3, 3))}, {"run": _fake_run(), "request": _request()}, "request.size is 4"),
     ("filter_samples", np.ones(3, dtype=bool), {"samples": _pool([0] * 4)}, "shape (4,)"),
     ("filter_samples", np.ones(4, dtype=int), {"samples": _pool([0] * 4)}, "boolean array"),
     ("filter_samples", (np.ones(4, dtype=bool), [1.0, 2.0, np.nan, 0.0]), {"samples": _pool([0] * 4)}, "finite"),
@@ -283,7 +287,7 @@ def test_loss_term_gradient_must_reach_the_module():
     ("requirements", ["hidden_states", "reference_model"], {}),
     ("requirements", "features", {}),
     ("compose_pool", _pool([REAL, 0]), {"run": _fake_run(), "generation": 1}),
-    ("synthesize", {"tokens": np.zeros((4, 3), dtype=np.int64)}, {"run": _fake_run()}),
+    ("synthesize", {"tokens": np.zeros((4, 3), dtype=np.int64)}, {"run": _fake_run(), "request": _request()}),
     ("filter_samples", (np.array([True, False, True, True]), np.arange(4.0)), {"samples": _pool([0] * 4)}),
     ("metrics", {"a/b": 1, "c": np.float32(2.0), "d": torch.tensor(0.5)}, {}),
     ("metrics", None, {}),
@@ -427,9 +431,9 @@ def test_installed_plugin_pickles_for_workers():
     assert pickle.loads(pickle.dumps(plugin)).counts == plugin.counts
 
 
-def test_fixture_is_idempotent(testplugin_installed):
-    assert installed_editable_at(DIST) == PLUGIN_DIST.resolve()
-    assert pip_install_editable(PLUGIN_DIST) == DIST  # second call: no pip run, still importable
+def test_fixture_is_idempotent(testplugin_installed, pip_tools):
+    assert pip_tools.editable_at(DIST) == PLUGIN_DIST.resolve()
+    assert pip_tools.install(PLUGIN_DIST) == DIST  # second call: no pip run, still importable
     import collapsekit_testplugin.plugin  # noqa: F401
 
 

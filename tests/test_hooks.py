@@ -40,7 +40,7 @@ class Recorder:
         return Pool.concat([real.select(np.arange(8)), history[generation - 1]])
 
     @hookimpl
-    def synthesize(self, run, model, generation):
+    def synthesize(self, run, model, generation, request):
         self.calls.append(("synthesize", generation))
         return None  # defer to the built-in ancestral sampler
 
@@ -73,10 +73,8 @@ class Recorder:
 
 @pytest.fixture
 def recorder():
-    rec = Recorder()
-    collapsekit.register(rec, name="recorder")
-    yield rec
-    collapsekit.unregister("recorder")
+    with collapsekit.registered(Recorder(), name="recorder") as rec:
+        yield rec
 
 
 def test_every_hook_spec_has_a_contract():
@@ -126,13 +124,10 @@ def test_loss_term_must_be_a_scalar_tensor(tmp_path, tiny_task):
         def loss_terms(self, outputs):
             return {"vec": torch.ones(3)}
 
-    collapsekit.register(Bad(), name="bad-terms")
-    try:
+    with collapsekit.registered(Bad(), name="bad-terms"):
         run = Run(RunConfig(name="bad", root=str(tmp_path), generations=1), tiny_task, build_manager([]))
         with pytest.raises(collapsekit.CollapsekitError, match="'bad-terms'.*scalar tensor"):
             execute(run, trainer_factory(max_steps=2, enable_progress_bar=False, logger=False))
-    finally:
-        collapsekit.unregister("bad-terms")
 
 
 def test_a_listed_default_replaces_the_default_and_keeps_its_arguments():

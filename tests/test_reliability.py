@@ -73,11 +73,8 @@ def test_pool_from_another_task_is_rejected(cli, make_config, write_config):
         def compose_pool(self, real):
             return Pool.fresh({"x": np.zeros((len(real), 4)), "y": np.zeros(len(real))}, -1)
 
-    collapsekit.register(Foreign(), name="foreign")
-    try:
+    with collapsekit.registered(Foreign(), name="foreign"):
         code, _, err = cli("run", "--config", write_config(make_config(generations=1)))
-    finally:
-        collapsekit.unregister("foreign")
     assert code == 2 and "pool holds arrays ['x', 'y']" in err and "another task" in err
 
 

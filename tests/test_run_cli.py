@@ -141,13 +141,8 @@ def test_two_compose_policies_are_an_error(cli, make_config, write_config):
     class PolicyB(PolicyA):
         pass
 
-    collapsekit.register(PolicyA(), name="policy-a")
-    collapsekit.register(PolicyB(), name="policy-b")
-    try:
+    with collapsekit.registered(PolicyA(), name="policy-a"), collapsekit.registered(PolicyB(), name="policy-b"):
         code, _, err = cli("run", "--config", write_config(make_config()))
-    finally:
-        collapsekit.unregister("policy-a")
-        collapsekit.unregister("policy-b")
     assert code == 2
     assert "two compose_pool policies are active" in err and "'policy-a'" in err and "'policy-b'" in err
 
@@ -158,11 +153,8 @@ def test_configure_rejecting_the_task_names_the_plugin(cli, make_config, write_c
         def configure(self, run):
             raise TaskIncompatible(f"needs an image task, got {run.task.name!r}")
 
-    collapsekit.register(NeedsImages(), name="needs-images")
-    try:
+    with collapsekit.registered(NeedsImages(), name="needs-images"):
         code, _, err = cli("run", "--config", write_config(make_config()))
-    finally:
-        collapsekit.unregister("needs-images")
     assert code == 2
     assert "plugin 'needs-images' (<in-process>) in configure: needs an image task, got 'markov-text'" in err
     assert not (tmp_path / "runs" / "tiny" / "gen_0").exists()
@@ -174,11 +166,8 @@ def test_unmet_requirement_is_an_error(cli, make_config, write_config):
         def requirements(self):
             return ["forget_data"]
 
-    collapsekit.register(NeedsForgetSet(), name="needs-forget")
-    try:
+    with collapsekit.registered(NeedsForgetSet(), name="needs-forget"):
         code, _, err = cli("run", "--config", write_config(make_config()))
-    finally:
-        collapsekit.unregister("needs-forget")
     assert code == 2 and "cannot provide ['forget_data']" in err
 
 
@@ -189,11 +178,8 @@ def test_non_finite_loss_names_generation_step_and_plugin(cli, make_config, writ
             value = float("nan") if module.generation == 1 and module.global_step == 2 else 0.0
             return {"boom": module.model.transformer.wte.weight.sum() * 0 + value}
 
-    collapsekit.register(Exploding(), name="exploding")
-    try:
+    with collapsekit.registered(Exploding(), name="exploding"):
         code, _, err = cli("run", "--config", write_config(make_config(generations=3)))
-    finally:
-        collapsekit.unregister("exploding")
     assert code == 2
     assert "generation 1, step 2" in err and "'boom' (from plugin 'exploding'" in err
     assert (tmp_path / "runs" / "tiny" / "gen_0" / "done").exists()       # finished generation kept
@@ -206,11 +192,8 @@ def test_hook_exception_names_plugin_and_distribution(cli, make_config, write_co
         def metrics(self):
             raise RuntimeError("disk on fire")
 
-    collapsekit.register(Faulty(), name="faulty")
-    try:
+    with collapsekit.registered(Faulty(), name="faulty"):
         code, _, err = cli("run", "--config", write_config(make_config(generations=1)))
-    finally:
-        collapsekit.unregister("faulty")
     assert code == 2 and "plugin 'faulty' (<in-process>) raised in hook metrics: RuntimeError: disk on fire" in err
 
 

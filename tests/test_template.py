@@ -8,7 +8,10 @@ import py_compile
 import re
 import subprocess
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 import uuid
 
 import pytest
@@ -18,7 +21,7 @@ from collapsekit.cli import main as cli_main
 from collapsekit.registry import discover
 from collapsekit.template import (BEGIN, END, GUIDE, TemplateError, create_plugin, hook_reference_markdown,
                                   plugin_names, sync_guide)
-from collapsekit.testing import pip_install_editable, pip_uninstall, run_tiny, toy_task
+from collapsekit.testing import run_tiny, toy_task
 
 
 @pytest.mark.parametrize("name, fragment", [
@@ -87,10 +90,10 @@ def test_cli_new_plugin(tmp_path, capsys):
     assert "already exists" in err and "invalid plugin name 'Bad Name'" in err
 
 
-def test_generated_plugin_installs_is_discovered_passes_its_tests_and_runs(tmp_path):
+def test_generated_plugin_installs_is_discovered_passes_its_tests_and_runs(tmp_path, pip_tools):
     name = f"tmpl{uuid.uuid4().hex[:8]}"
     path = create_plugin(name, tmp_path)
-    dist = pip_install_editable(path)
+    dist = pip_tools.install(path)
     proc = None
     try:
         info = discover()[name]
@@ -118,7 +121,7 @@ def test_generated_plugin_installs_is_discovered_passes_its_tests_and_runs(tmp_p
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-        pip_uninstall(dist, [f"collapsekit_{name}"])
+        pip_tools.uninstall(dist, [f"collapsekit_{name}"])
     assert name not in discover()
 
 

@@ -18,6 +18,7 @@ CPU seconds, which other jobs on a shared machine disturb far less than wall tim
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -64,9 +65,8 @@ class Section:
 
 
 class NoOpPlugin:
-    """Implements every hook and does nothing (returns ``None``): measures pure dispatch cost."""
-
-    is_default_policy = True   # it never returns a pool, so it does not compete with the pool policy
+    """Implements every hook and does nothing (returns ``None``): measures pure dispatch cost. Its
+    ``compose_pool`` is ``trylast``, a default that yields to the run's pool policy."""
 
     @hookimpl
     def configure(self, run): return None
@@ -74,11 +74,11 @@ class NoOpPlugin:
     @hookimpl
     def requirements(self, task): return None
 
-    @hookimpl
+    @hookimpl(trylast=True)
     def compose_pool(self, run, generation, real, history): return None
 
     @hookimpl
-    def synthesize(self, run, model, generation): return None
+    def synthesize(self, run, model, generation, request): return None
 
     @hookimpl
     def filter_samples(self, run, samples, generation): return None
@@ -264,23 +264,19 @@ def engine_overhead(cfg: dict, root: Path) -> tuple[Section, torch.nn.Module]:
 # -- 2. plugin dispatch -------------------------------------------------------------------------------
 def plugin_dispatch(cfg: dict, root: Path) -> Section:
     from ..loop import execute
-    from ..registry import register, unregister
+    from ..registry import registered
 
     counter = [0]
 
     def one(with_noop: bool) -> float:
-        names = [f"perf-noop-{i}" for i in range(N_NOOP)] if with_noop else []
-        for n in names:
-            register(NoOpPlugin(), name=n)
-        try:
+        with contextlib.ExitStack() as stack:
+            for i in range(N_NOOP if with_noop else 0):
+                stack.enter_context(registered(NoOpPlugin(), name=f"perf-noop-{i}"))
             counter[0] += 1
             run = _new_run(root, f"dispatch-{counter[0]}", _task({**cfg["task"], "train_size": cfg["dispatch_n"]}))
             t = _clock()
             execute(run, _trainer(cfg["steps"]))
             return _since(t)
-        finally:
-            for n in names:
-                unregister(n)
 
     one(False)  # warm-up
     tn, t0 = _alternate(lambda: one(True), lambda: one(False), cfg["repeats"])
@@ -337,17 +333,6 @@ def synthesis_throughput(cfg: dict, model: torch.nn.Module, task) -> Section:
 
 
 # -- 4. NPO reference cache ----------------------------------------------------------------------------
-def _recomputing_npo(npo_cls: type) -> type:
-    """``npo_cls`` with its reference cache emptied before every lookup: one reference forward pass
-    per step, as open-unlearning computes it."""
-
-    def reference_logp(self, module, batch, logp):
-        self.cache.clear()
-        return npo_cls.reference_logp(self, module, batch, logp)
-
-    return type(f"Recomputing{npo_cls.__name__}", (npo_cls,), {"reference_logp": reference_logp})
-
-
 def npo_cache(cfg: dict, root: Path) -> Section:
     title = "NPO: cached vs recomputed reference log-probs"
     if not _installed("collapsekit_npo"):
@@ -357,7 +342,7 @@ def npo_cache(cfg: dict, root: Path) -> Section:
     from .runner import load_tasks
     from ..dispatch import build_manager
     from ..loop import execute
-    from ..registry import register, unregister
+    from ..registry import registered
     from ..run import Run, RunConfig
 
     try:
@@ -372,7 +357,6 @@ def npo_cache(cfg: dict, root: Path) -> Section:
 
     def run_npo(plugin, run_root: Path) -> Timing:
         """Generations 0 (learning; read back when already on disk) and 1 (unlearning); time generation 1."""
-        register(plugin, name="perf-npo")
         marks: dict[int, tuple[float, float]] = {}
 
         def mark(generation, metrics, resumed):
@@ -380,14 +364,12 @@ def npo_cache(cfg: dict, root: Path) -> Section:
             if generation == 1:
                 forwards[type(plugin) is not npo_cls] = metrics.get("npo/ref_forwards", float("nan"))
 
-        try:
+        with registered(plugin, name="perf-npo"):
             config = RunConfig(name="npo", root=str(run_root), generations=2, seed=0,
                                init=spec.get("init", "previous"),
                                samples_per_generation=spec.get("samples_per_generation"))
             run = Run(config, task_cls(**spec["task"]), build_manager([]))
             execute(run, _trainer(cfg.get("npo_learn_steps") or int(spec["trainer"]["max_steps"])), mark)
-        finally:
-            unregister("perf-npo")
         end = marks[1]
         return Timing(end[0] - marks[0][0], end[1] - marks[0][1])
 
@@ -399,7 +381,7 @@ def npo_cache(cfg: dict, root: Path) -> Section:
         counter[0] += 1
         run_root = root / f"npo-{counter[0]}"
         shutil.copytree(base / "npo", run_root / "npo", ignore=shutil.ignore_patterns("gen_1"))
-        plugin = (_recomputing_npo(npo_cls) if recompute else npo_cls)(steps=steps)
+        plugin = npo_cls(steps=steps, cache_reference=not recompute)
         return run_npo(plugin, run_root)
 
     tc, tr = _alternate(lambda: one(False), lambda: one(True), cfg["repeats"])
@@ -431,7 +413,8 @@ def editing_vs_ancestral(cfg: dict, root: Path, model: torch.nn.Module) -> Secti
 
     def timed(plugin) -> float:
         t = _clock()
-        out = plugin.synthesize(run=run, model=model, generation=0)
+        request = run.synthesis_request(0, shard=0, start=0, size=run.samples_per_generation)
+        out = plugin.synthesize(run=run, model=model, generation=0, request=request)
         assert out["tokens"].shape[0] == run.samples_per_generation
         return _since(t)
 

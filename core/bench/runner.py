@@ -446,13 +446,13 @@ def run_bench(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: 
     resumes: finished generations and cells are read back, not retrained. Cells of
     the same preset from earlier calls with other tasks/methods/seeds are kept.
     """
-    from ..registry import registered
+    from ..registry import in_process
     from .report import render_bench
 
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    if jobs > 1 and registered():
-        raise ConfigError(f"in-process plugins {sorted(registered())} are not visible to worker processes; "
+    if jobs > 1 and in_process():
+        raise ConfigError(f"in-process plugins {sorted(in_process())} are not visible to worker processes; "
                           "use jobs=1 or install them as entry points")
     started, t0 = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
     out = Path(out)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collapsekit.capabilities import HiddenStates, Sampler, StepFeatures, TwoViews
+from collapsekit.capabilities import HiddenStates, LabelledLogits, Sampler, StepFeatures, TwoViews
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.tasks.digits import check_split, load_digit_images
 from collapsekit.plugins.sampling import filter_logits
@@ -169,7 +169,7 @@ class DigitsMLP(nn.Module):
 
 
 # -- task ------------------------------------------------------------------------------------------
-class DigitsClassify(Task, Sampler, StepFeatures, HiddenStates, TwoViews):
+class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, TwoViews):
     """Classification of the 8x8 digits with pseudo-label self-training across generations.
 
     Args:

@@ -66,11 +66,8 @@ class DropEveryThird:
 
 @pytest.fixture
 def drop_third():
-    collapsekit.register(DropEveryThird(), name="drop-third")
-    try:
+    with collapsekit.registered(DropEveryThird(), name="drop-third"):
         yield
-    finally:
-        collapsekit.unregister("drop-third")
 
 
 KEPT = sum(1 for i in range(N) if i % 3)   # synthetic items kept per generation by DropEveryThird

@@ -16,13 +16,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from collapsekit import capabilities as caps
 from collapsekit import hookimpl
 from collapsekit.errors import TaskIncompatible
 
 from .functional import confidence, fit_subspaces, keep_count, subspace_residual, top_n_mask, train_probe
 from .text import SentenceEncoder, minilm_path
 
-LATENTS = ("model", "features", "input", "text")
+LATENT_CAPABILITY = {"model": caps.LatentEncoder, "features": caps.FrozenFeatures, "input": caps.Items,
+                     "text": caps.TextItems}
+"""The task capability each latent space needs."""
+LATENTS = tuple(LATENT_CAPABILITY)
 SCORERS = ("probe", "subspace", "random")
 ENCODER_GENERATION = 0
 """The latents come from this generation's model: trained on real data only (the paper's choice)."""
@@ -36,16 +40,18 @@ class LatentFilter:
         scorer: ``probe`` (LSF's confidence ``xi``), ``subspace`` (minus the relative residual of the
             latent off the real latents' per-class principal subspace of dimension ``rank``) or
             ``random`` (a uniform random score: the control that keeps the same share blindly).
-        latent: the latent space: ``model`` (the generation-0 model's encoder, ``task.encode(model, x)``;
-            the paper's choice), ``features`` (the task's frozen feature extractor ``task.features(x)``),
+        latent: the latent space: ``model`` (the generation-0 model's encoder, ``task.encode(model, x)``
+            of a task with the ``LatentEncoder`` capability; the paper's choice), ``features`` (the
+            task's frozen feature extractor ``task.features(x)``, capability ``FrozenFeatures``),
             ``input`` (the raw pool array, flattened) or ``text`` (the frozen all-MiniLM-L6-v2
-            sentence encoder on ``task.decode(items)``; needs ``collapsekit-latent-filter[text]``).
+            sentence encoder on ``task.decode(items)``, capability ``TextItems``; needs
+            ``collapsekit-latent-filter[text]``).
         min_confidence: with the probe scorer, also drop items whose ``xi`` is below this.
         l2: L2 penalty of the probe (on standardised latents).
         max_iter: L-BFGS iterations of the probe.
         rank: dimension of each class subspace (``subspace`` scorer).
-        input_key, label_key: pool arrays holding the item and its label (default: the task's
-            ``input_key`` / ``label_key`` attributes).
+        input_key, label_key: pool arrays holding the item and its label (default: what the task
+            declares through the ``Items`` capability).
 
     Metrics: ``latent_filter/probe_accuracy`` (probe on the real latents it was fitted to),
     ``latent_filter/label_agreement`` (share of this generation's items whose probe argmax is
@@ -78,21 +84,22 @@ class LatentFilter:
         return state
 
     # -- configuration ------------------------------------------------------------------------------
-    def keys(self, task: Any) -> tuple[str, str]:
-        """``(input_key, label_key)`` for ``task``; raise ``TaskIncompatible`` when unknown or absent."""
-        name = getattr(task, "name", type(task).__name__)
-        input_key = self.input_key or getattr(task, "input_key", None)
-        label_key = self.label_key or getattr(task, "label_key", None)
+    def keys(self, task: Any) -> tuple[str, str | None]:
+        """``(input_key, label_key)`` for ``task`` (its :class:`~collapsekit.capabilities.Items` declaration
+        unless overridden in init_args); raise ``TaskIncompatible`` when absent."""
+        name = task.name
+        declared = isinstance(task, caps.Items) and caps.Items.requirement in caps.provides(task)
+        input_key = self.input_key or (task.input_key if declared else None)
+        label_key = self.label_key or (task.label_key if declared else None)
         if input_key is None:
-            raise TaskIncompatible(
-                f"latent-filter: task {name!r} declares no input_key; pass input_key (the pool array to "
-                f"encode, one of {list(getattr(task, 'pool_keys', ()))}) in the plugin's init_args")
+            caps.require(task, caps.Items, plugin="latent-filter",
+                         why="know which pool array holds an item (or pass input_key in init_args)")
         if label_key is None and self.scorer == "probe":
             raise TaskIncompatible(
-                f"latent-filter: task {name!r} has no labels (no label_key); the probe scorer scores an item "
-                f"by its label's probability, so pass label_key, or use scorer='subspace' (distance to the "
+                f"latent-filter: task {name!r} has no labels (its label_key is None); the probe scorer scores an "
+                f"item by its label's probability, so pass label_key, or use scorer='subspace' (distance to the "
                 f"real latents' principal subspace) for unlabelled items such as text")
-        pool_keys = set(getattr(task, "pool_keys", ()))
+        pool_keys = set(task.pool_keys)
         for key in (input_key, label_key):
             if key is not None and key not in pool_keys:
                 raise TaskIncompatible(f"latent-filter: task {name!r} has no pool array {key!r} "
@@ -101,24 +108,11 @@ class LatentFilter:
 
     @hookimpl
     def configure(self, run):
-        task = run.task
-        name = getattr(task, "name", type(task).__name__)
-        self.keys(task)
-        if self.scorer == "random":
-            return
-        if self.latent == "model" and not callable(getattr(task, "encode", None)):
-            raise TaskIncompatible(
-                f"latent-filter: latent='model' needs task {name!r} to implement encode(model, items) -> [N, D] "
-                f"(the generation-0 model's latent of each item); use latent='input' or a task that has it")
-        if self.latent == "features" and not callable(getattr(task, "features", None)):
-            raise TaskIncompatible(
-                f"latent-filter: latent='features' needs task {name!r} to implement features(items) -> [N, D] "
-                f"(a frozen feature extractor); use latent='model' or latent='input'")
-        if self.latent == "text":
-            if not callable(getattr(task, "decode", None)):
-                raise TaskIncompatible(
-                    f"latent-filter: latent='text' needs task {name!r} to implement decode(items) -> list[str] "
-                    f"(the text of each item, e.g. bible-lm); use latent='model' or latent='input'")
+        if self.scorer != "random":
+            caps.require(run.task, LATENT_CAPABILITY[self.latent], plugin="latent-filter",
+                         why=f"compute latents with latent={self.latent!r}")
+        self.keys(run.task)
+        if self.latent == "text" and self.scorer != "random":
             try:
                 minilm_path()
             except ImportError as exc:
@@ -150,7 +144,7 @@ class LatentFilter:
         encode = self.encoder(run)
         z = encode(np.asarray(real.arrays[input_key]))
         y = self.labels(real, label_key)
-        classes = 1 if y is None else getattr(run.task, "num_classes", None) or int(y.max()) + 1
+        classes = 1 if y is None else run.task.num_classes or int(y.max()) + 1
         state: dict[str, Any] = {"encode": encode, "classes": classes}
         if self.scorer == "probe":
             probe = train_probe(z, y, num_classes=classes, l2=self.l2, max_iter=self.max_iter)

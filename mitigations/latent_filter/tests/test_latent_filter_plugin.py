@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from collapsekit.capabilities import Items
 from collapsekit.errors import TaskIncompatible
 from collapsekit.plugins.tasks.digits_diffusion import DigitsDiffusion
 from collapsekit.pool import REAL, Pool
@@ -19,7 +20,7 @@ from collapsekit_latent_filter.plugin import LatentFilter
 SMOKE = DigitsDiffusion.preset("smoke")["task"]
 
 
-class Blobs:
+class Blobs(Items):
     """Two labelled Gaussian blobs in 2-D: class 0 near (-3, 0), class 1 near (3, 0)."""
 
     name = "blobs"
@@ -61,22 +62,25 @@ def test_bad_options_are_clear_errors(kwargs, match):
         LatentFilter(**kwargs)
 
 
+class Unlabelled(Items):
+    name, pool_keys, input_key = "plain", ("tokens",), "tokens"
+
+
 def test_configure_rejects_tasks_it_cannot_serve(tmp_path):
-    with pytest.raises(TaskIncompatible, match="encode"):
+    with pytest.raises(TaskIncompatible, match=r"needs the task capability LatentEncoder \('latents'"):
         LatentFilter(latent="model").configure(stub_run(Blobs(), tmp_path))
-    with pytest.raises(TaskIncompatible, match="features"):
+    with pytest.raises(TaskIncompatible, match=r"needs the task capability FrozenFeatures \('frozen_features'"):
         LatentFilter(latent="features").configure(stub_run(Blobs(), tmp_path))
     with pytest.raises(TaskIncompatible, match="no pool array 'label'"):
         LatentFilter(latent="input", label_key="label").configure(stub_run(Blobs(), tmp_path))
     unknown = SimpleNamespace(name="plain", pool_keys=("tokens",))
-    with pytest.raises(TaskIncompatible, match="no input_key"):
+    with pytest.raises(TaskIncompatible, match=r"needs the task capability Items .*or pass input_key"):
         LatentFilter(latent="input").configure(stub_run(unknown, tmp_path))
-    unlabeled = SimpleNamespace(name="plain", pool_keys=("tokens",), input_key="tokens")
     with pytest.raises(TaskIncompatible, match="scorer='subspace'"):
-        LatentFilter(latent="input").configure(stub_run(unlabeled, tmp_path))
-    LatentFilter(latent="input", scorer="subspace").configure(stub_run(unlabeled, tmp_path))   # accepted
-    with pytest.raises(TaskIncompatible, match=r"decode\(items\)"):
-        LatentFilter(latent="text", scorer="subspace").configure(stub_run(unlabeled, tmp_path))
+        LatentFilter(latent="input").configure(stub_run(Unlabelled(), tmp_path))
+    LatentFilter(latent="input", scorer="subspace").configure(stub_run(Unlabelled(), tmp_path))   # accepted
+    with pytest.raises(TaskIncompatible, match=r"needs the task capability TextItems"):
+        LatentFilter(latent="text", scorer="subspace").configure(stub_run(Unlabelled(), tmp_path))
     LatentFilter(latent="input").configure(stub_run(Blobs(), tmp_path))          # accepted
 
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
+from collapsekit import capabilities as caps
 from collapsekit import hookimpl
 from collapsekit.errors import TaskIncompatible
 
@@ -29,23 +30,6 @@ def _logits_labels(outputs: Mapping[str, Any], plugin: str) -> tuple[torch.Tenso
     return outputs["logits"], outputs["labels"]
 
 
-def _total_steps(module: Any) -> int | None:
-    """Optimizer steps of this generation's training: ``trainer.max_steps`` or Lightning's estimate."""
-    try:
-        trainer = getattr(module, "trainer", None)
-    except RuntimeError:  # a LightningModule not attached to a Trainer
-        trainer = None
-    if trainer is None:
-        return None
-    if getattr(trainer, "max_steps", -1) > 0:
-        return int(trainer.max_steps)
-    try:
-        estimate = trainer.estimated_stepping_batches
-    except Exception:  # noqa: BLE001 - no estimate available (e.g. infinite loader): no ramp
-        return None
-    return int(estimate) if estimate is not None and estimate != float("inf") else None
-
-
 class MaxSup:
     """MaxSup (Zhou et al.) in place of the task's cross-entropy.
 
@@ -54,9 +38,8 @@ class MaxSup:
         alpha_end: alpha at the last step (official: 0.2); equal values give a constant alpha.
         ignore_index: target value left out of the loss (padding).
 
-    Progress is ``global_step / (total_steps - 1)`` with ``total_steps`` from
-    ``trainer.max_steps`` (else Lightning's ``estimated_stepping_batches``); without
-    a Trainer alpha stays at ``alpha_start``. Loss term: ``maxsup`` (the whole loss).
+    Progress is ``step / (total_steps - 1)`` from the engine's ``module.progress``
+    (the generation's step budget); before training starts alpha is ``alpha_start``. Loss term: ``maxsup`` (the whole loss).
     Metrics: ``maxsup/alpha_first`` and ``maxsup/alpha_last`` of the generation.
     """
 
@@ -75,14 +58,19 @@ class MaxSup:
         return maxsup_alpha(step / (total_steps - 1), self.alpha_start, self.alpha_end)
 
     @hookimpl
+    def configure(self, run: Any) -> None:
+        caps.require(run.task, caps.LabelledLogits, plugin="maxsup", why="replace the task's cross-entropy")
+
+    @hookimpl
     def generation_start(self, generation: int) -> None:
         self._alphas.pop(generation, None)
 
     @hookimpl
     def loss_terms(self, module: Any, outputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         logits, labels = _logits_labels(outputs, "maxsup")
-        alpha = self.alpha_at(int(getattr(module, "global_step", 0)), _total_steps(module))
-        generation = int(getattr(module, "generation", 0))
+        progress = module.progress
+        alpha = self.alpha_at(progress.step, progress.total_steps)
+        generation = module.generation
         self._alphas[generation] = (self._alphas.get(generation, (alpha,))[0], alpha)
         return {"maxsup": maxsup_loss(logits, labels, alpha, ignore_index=self.ignore_index)}
 
@@ -110,6 +98,10 @@ class LabelSmoothing:
         if not 0.0 <= smoothing <= 1.0:
             raise ValueError(f"label-smoothing: smoothing must be in [0, 1], got {smoothing}")
         self.smoothing, self.ignore_index = float(smoothing), ignore_index
+
+    @hookimpl
+    def configure(self, run: Any) -> None:
+        caps.require(run.task, caps.LabelledLogits, plugin="label-smoothing", why="replace the task's cross-entropy")
 
     @hookimpl
     def loss_terms(self, outputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:

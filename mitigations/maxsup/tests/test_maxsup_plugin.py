@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from collapsekit.dispatch import build_manager
+from collapsekit.module import TrainingProgress
 from collapsekit.errors import PluginConflict, TaskIncompatible
 from collapsekit.plugins.tasks.digits_classify import DigitsClassify
 from collapsekit.testing import PluginConformance, run_tiny
@@ -20,8 +21,9 @@ def digits_task() -> DigitsClassify:
     return DigitsClassify(**DIGITS)
 
 
-def fake_module(step: int, max_steps: int, generation: int = 0):
-    return SimpleNamespace(global_step=step, generation=generation, trainer=SimpleNamespace(max_steps=max_steps))
+def fake_module(step: int, total_steps: int | None, generation: int = 0):
+    """What the plugin reads of the engine's module: its training progress and generation."""
+    return SimpleNamespace(progress=TrainingProgress(step, total_steps), generation=generation)
 
 
 def classification_outputs(seed: int = 0):
@@ -47,7 +49,7 @@ def test_label_smoothing_replaces_cross_entropy_in_a_real_run(tmp_path):
 
 def test_loss_terms_equal_the_pure_functions():
     out = classification_outputs()
-    terms = MaxSup().loss_terms(fake_module(step=5, max_steps=11), out)
+    terms = MaxSup().loss_terms(fake_module(step=5, total_steps=11), out)
     assert set(terms) == {"maxsup"}
     torch.testing.assert_close(terms["maxsup"], maxsup_loss(out["logits"], out["labels"], 0.15), rtol=0, atol=0)
     assert terms["maxsup"].requires_grad
@@ -62,11 +64,9 @@ def test_alpha_ramp():
     assert plugin.alpha_at(50, 101) == pytest.approx(0.2)
     assert plugin.alpha_at(100, 101) == pytest.approx(0.3)
     assert plugin.alpha_at(7, None) == pytest.approx(0.1)           # no trainer: alpha_start
-    # Lightning's estimate is used when max_steps is unset (-1)
-    module = SimpleNamespace(global_step=10, generation=0,
-                             trainer=SimpleNamespace(max_steps=-1, estimated_stepping_batches=21))
+    # the engine's progress drives the ramp: step 10 of 21 is half way
     out = classification_outputs()
-    got = plugin.loss_terms(module, out)["maxsup"]
+    got = plugin.loss_terms(fake_module(10, 21), out)["maxsup"]
     torch.testing.assert_close(got, maxsup_loss(out["logits"], out["labels"], 0.2))
     assert MaxSup(0.25, 0.25).alpha_at(3, 10) == pytest.approx(0.25)
 

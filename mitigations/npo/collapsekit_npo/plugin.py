@@ -11,13 +11,15 @@ A run with one of them (and ``run.init: previous``) is an unlearning experiment:
   ``max_steps`` is the budget of generation 0. ``lr`` sets the phases' learning rate.
 * With ``continue_optimizer`` (default) the phases are slices of *one* unlearning
   run: phase ``g >= 2`` starts from the optimizer state (Adam moments, step count)
-  phase ``g - 1`` ended with, saved as ``gen_<g>/unlearning_optimizer.pt`` so that a
+  phase ``g - 1`` ended with, saved through the engine as
+  ``gen_<g>/plugins/unlearning_optimizer.pt`` (checksummed in the manifest) so that a
   resumed run continues identically. Without it every phase restarts the optimizer,
   and Adam's first steps are then as large for NPO's shrinking gradient as for GA's.
 
-The task must provide ``forget_data`` (see :mod:`collapsekit.plugins.tasks.facts_unlearning`):
-``forget_pool()``, ``retain_pool()``, ``answer_mask(batch)`` and a batch key
-``"example_id"``; its ``step`` must return ``"logits"`` and ``"labels"``.
+The task must have the capability :class:`collapsekit.capabilities.ForgetRetain`
+(e.g. :mod:`collapsekit.plugins.tasks.facts_unlearning`): ``forget_pool()``,
+``retain_pool()``, ``answer_mask(batch)`` and a batch key ``"example_id"``; its
+``step`` returns ``"logits"`` and ``"labels"``.
 
 NPO's reference is the model at the start of unlearning (generation 0's final
 weights). Its summed answer log-prob is computed once per forget example, on the
@@ -31,14 +33,13 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 
+from collapsekit import capabilities as caps
 from collapsekit import hookimpl
 from collapsekit.errors import ConfigError, RunStateError, TaskIncompatible
-from collapsekit.fileio import atomic_write_bytes
 
 from .cache import RefLogpCache
 from .losses import gradient_ascent_loss, masked_nll, npo_loss, sequence_logprob
 
-FORGET_API = ("forget_pool", "retain_pool", "answer_mask")
 OPTIMIZER_FILE = "unlearning_optimizer.pt"
 
 
@@ -57,13 +58,6 @@ def _number(value: Any, what: str, who: str, allow_zero: bool = False) -> float:
     return float(value)
 
 
-def _trainer(module: Any) -> Any:
-    try:
-        return getattr(module, "trainer", None)
-    except RuntimeError:  # a LightningModule not attached to a Trainer
-        return None
-
-
 class _Unlearning:
     """Shared wiring: forget-set pool, phase budget and optimizer, generation-0 learning loss."""
 
@@ -77,19 +71,11 @@ class _Unlearning:
         if not isinstance(continue_optimizer, bool):
             raise ValueError(f"{self.name}: continue_optimizer must be true or false, got {continue_optimizer!r}")
         self.continue_optimizer = continue_optimizer
-        self._pending_state: list | None = None
-        self._phase_ready = False
 
     # -- hooks ------------------------------------------------------------------------------
     @hookimpl
     def configure(self, run):
-        task = run.task
-        missing = [m for m in FORGET_API if not callable(getattr(task, m, None))]
-        if missing or "forget_data" not in getattr(task, "provides", ()):
-            raise TaskIncompatible(
-                f"{self.name} unlearns a forget split, but task {task.name!r} provides no forget data "
-                f"(missing {', '.join(missing) or 'forget_data in provides'}); use the facts-unlearning task "
-                f"or a task implementing {', '.join(FORGET_API)}")
+        caps.require(run.task, caps.ForgetRetain, plugin=self.name, why="unlearn its forget split")
         if run.config.init == "scratch":
             raise ConfigError(
                 f"{self.name}: run.init is 'scratch', so every unlearning generation would start from random "
@@ -106,26 +92,18 @@ class _Unlearning:
 
     @hookimpl
     def generation_start(self, run, generation, module):
-        self._phase_ready = False
-        self._pending_state = None
-        if generation >= 2 and self.continue_optimizer:
-            path = run.gen_dir(generation - 1) / OPTIMIZER_FILE
-            try:
-                self._pending_state = torch.load(path, map_location="cpu", weights_only=True)
-            except (OSError, RuntimeError, ValueError) as exc:
-                raise RunStateError(
-                    f"{self.name}: cannot read {path} ({type(exc).__name__}), the optimizer state that unlearning "
-                    f"generation {generation} continues from. Delete {run.gen_dir(generation - 1)} and the "
-                    f"generations after it and re-run, or set continue_optimizer: false") from None
+        if generation >= 1:
+            state = self.carried_state(run, generation) if generation >= 2 and self.continue_optimizer else None
+            if state is not None or self.lr is not None:
+                module.restore_optimizer(state, self.lr)
         self.start_phase(run, generation, module)
 
     @hookimpl
     def generation_end(self, run, generation, module):
-        trainer = _trainer(module)
-        if generation >= 1 and self.continue_optimizer and trainer is not None and run.is_lead:
+        if generation >= 1 and self.continue_optimizer:
             buf = io.BytesIO()
-            torch.save([opt.state_dict() for opt in trainer.optimizers], buf)
-            atomic_write_bytes(run.gen_dir(generation) / OPTIMIZER_FILE, buf.getvalue())
+            torch.save(module.optimizer_state(), buf)
+            run.save_file(generation, OPTIMIZER_FILE, buf.getvalue())
 
     @hookimpl
     def loss_terms(self, module, batch, outputs):
@@ -136,13 +114,10 @@ class _Unlearning:
             raise TaskIncompatible(f"{self.name} needs step outputs 'logits' and 'labels' and a batch key "
                                    f"'example_id'; task {module.task.name!r} gives outputs {sorted(outputs)} "
                                    f"and batch keys {sorted(batch)}")
-        trainer = _trainer(module)
-        if trainer is not None:
-            if not self._phase_ready:
-                self.prepare_optimizers(trainer.optimizers)
-            budget = self.budget(trainer)
-            if budget is not None and module.global_step + 1 >= budget:
-                trainer.should_stop = True      # this is the phase's last optimizer step
+        progress = module.progress
+        budget = self.steps if self.steps is not None else progress.epoch_steps
+        if budget is not None and progress.step + 1 >= budget:
+            module.request_stop()           # this is the phase's last optimizer step
         return self.unlearn_terms(module, batch, outputs)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -152,27 +127,17 @@ class _Unlearning:
     def start_phase(self, run: Any, generation: int, module: Any) -> None:
         """Per-generation state of subclasses (called in ``generation_start``)."""
 
-    def prepare_optimizers(self, optimizers: list) -> None:
-        """Before the phase's first step: restore the carried optimizer state, then set ``lr``."""
-        if self._pending_state is not None:
-            if len(self._pending_state) != len(optimizers):
-                raise RunStateError(f"{self.name}: the saved unlearning optimizer state holds "
-                                    f"{len(self._pending_state)} optimizers, the task builds {len(optimizers)}")
-            for optimizer, state in zip(optimizers, self._pending_state):
-                optimizer.load_state_dict(state)
-        if self.lr is not None:
-            for optimizer in optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] = self.lr
-        self._pending_state = None
-        self._phase_ready = True
-
-    def budget(self, trainer: Any) -> int | None:
-        """Optimizer steps of an unlearning phase: ``steps`` or one pass over the forget pool."""
-        if self.steps is not None:
-            return self.steps
-        batches = getattr(trainer, "num_training_batches", None)
-        return int(batches) if isinstance(batches, (int, float)) and np.isfinite(batches) else None
+    def carried_state(self, run: Any, generation: int) -> list:
+        """The optimizer state unlearning generation ``generation - 1`` ended with (checked against its
+        manifest when that generation is finished)."""
+        try:
+            data = run.read_file(generation - 1, OPTIMIZER_FILE)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except (RuntimeError, ValueError, EOFError) as exc:
+            raise RunStateError(
+                f"{self.name}: cannot read the optimizer state that unlearning generation {generation} continues "
+                f"from ({type(exc).__name__}: {exc}). Delete {run.gen_dir(generation - 1)} and the generations "
+                f"after it and re-run, or set continue_optimizer: false") from None
 
     def unlearn_terms(self, module: Any, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, Any]
                       ) -> dict[str, torch.Tensor]:
@@ -206,6 +171,9 @@ class NPO(_Unlearning):
     Args:
         beta: inverse temperature of NPO (open-unlearning's default 0.1).
 {_COMMON_ARGS}
+        cache_reference: compute each forget example's reference log-prob once and reuse it
+            (default); false recomputes it with a reference forward pass every step, as
+            open-unlearning does (same values, slower).
 
     Loss terms: ``nll`` (generation 0), ``npo`` (generations >= 1). Metrics:
     ``<name>/ref_cached`` (forget examples with a cached reference log-prob) and
@@ -217,9 +185,12 @@ class NPO(_Unlearning):
     needs = frozenset({"forget_data", "reference_model"})
 
     def __init__(self, beta: float = 0.1, steps: int | None = None, lr: float | None = None,
-                 continue_optimizer: bool = True) -> None:
+                 continue_optimizer: bool = True, cache_reference: bool = True) -> None:
         super().__init__(steps, lr, continue_optimizer)
         self.beta = _number(beta, "beta", self.name)
+        if not isinstance(cache_reference, bool):
+            raise ValueError(f"{self.name}: cache_reference must be true or false, got {cache_reference!r}")
+        self.cache_reference = cache_reference
         self.cache = RefLogpCache()
         self._reference_ready = False
 
@@ -245,6 +216,9 @@ class NPO(_Unlearning):
 
     def reference_logp(self, module: Any, batch: Mapping[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         """Reference log-probs [N] of the batch's forget examples: cached, computed once per ``example_id``."""
+
+        if not self.cache_reference:
+            self.cache.clear()              # open-unlearning's way: a reference forward pass every step
 
         def compute(rows: torch.Tensor) -> torch.Tensor:
             ref = self.reference_model(module)
@@ -281,6 +255,7 @@ class NPORT(NPO):
 
     Args:
         beta: inverse temperature of NPO.
+        cache_reference: as for ``npo``.
         retain_coeff: weight ``alpha`` of the retain NLL.
         forget_coeff: weight ``gamma`` of the NPO term.
 {_COMMON_ARGS}
@@ -292,8 +267,9 @@ class NPORT(NPO):
     name = "npo-rt"
 
     def __init__(self, beta: float = 0.1, retain_coeff: float = 1.0, forget_coeff: float = 1.0,
-                 steps: int | None = None, lr: float | None = None, continue_optimizer: bool = True) -> None:
-        super().__init__(beta, steps, lr, continue_optimizer)
+                 steps: int | None = None, lr: float | None = None, continue_optimizer: bool = True,
+                 cache_reference: bool = True) -> None:
+        super().__init__(beta, steps, lr, continue_optimizer, cache_reference)
         self.retain_coeff = _number(retain_coeff, "retain_coeff", self.name, allow_zero=True)
         self.forget_coeff = _number(forget_coeff, "forget_coeff", self.name, allow_zero=True)
         self._retain: Any = None

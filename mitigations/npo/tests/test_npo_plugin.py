@@ -12,6 +12,7 @@ import collapsekit
 from collapsekit.dispatch import build_manager
 from collapsekit.errors import ConfigError, PluginConflict, TaskIncompatible
 from collapsekit.loop import execute, trainer_factory
+from collapsekit.module import TrainingProgress
 from collapsekit.plugins.tasks.facts_unlearning import FactsUnlearning
 from collapsekit.plugins.tasks.markov_text import MarkovText
 from collapsekit.run import Run, RunConfig
@@ -69,11 +70,8 @@ def test_npo_reference_forward_runs_once_per_forget_example(tmp_path):
                 module.reference_model.register_forward_hook(
                     lambda mod, args, kwargs, out: rows.append(len(kwargs["input_ids"])), with_kwargs=True)
 
-    collapsekit.register(Counter(), "ref-counter")
-    try:
+    with collapsekit.registered(Counter(), name="ref-counter"):
         metrics = run(tmp_path, [{"class_path": "npo", "init_args": {"steps": 6}}])
-    finally:
-        collapsekit.unregister("ref-counter")
     assert sum(rows) == N_FORGET                          # 12 forget batches of 4, 6 distinct examples
     assert [m["train/steps"] for m in metrics[1:]] == [6, 6]
     assert metrics[1]["npo/ref_forwards"] == N_FORGET == metrics[2]["npo/ref_forwards"]
@@ -102,25 +100,25 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 def test_continue_optimizer_carries_adam_state(tmp_path):
     plugins = [{"class_path": "gradient-ascent", "init_args": {"steps": 3}}]
     run(tmp_path, plugins, name="carry")
-    state = torch.load(tmp_path / "carry" / "gen_2" / OPTIMIZER_FILE, weights_only=True)
+    state = torch.load(tmp_path / "carry" / "gen_2" / "plugins" / OPTIMIZER_FILE, weights_only=True)
     assert int(state[0]["state"][0]["step"]) == 6               # 3 steps in phase 1 + 3 in phase 2
-    assert not (tmp_path / "carry" / "gen_0" / OPTIMIZER_FILE).exists()   # learning is not carried
+    assert not (tmp_path / "carry" / "gen_0" / "plugins" / OPTIMIZER_FILE).exists()   # learning is not carried
     plugins = [{"class_path": "gradient-ascent", "init_args": {"steps": 3, "continue_optimizer": False}}]
     run(tmp_path, plugins, name="fresh")
-    assert not (tmp_path / "fresh" / "gen_1" / OPTIMIZER_FILE).exists()
+    assert not (tmp_path / "fresh" / "gen_1" / "plugins" / OPTIMIZER_FILE).exists()
 
 
 def test_lr_sets_the_unlearning_learning_rate(tmp_path):
     run(tmp_path, [{"class_path": "gradient-ascent", "init_args": {"lr": 1e-4}}], generations=2, name="lr")
-    state = torch.load(tmp_path / "lr" / "gen_1" / OPTIMIZER_FILE, weights_only=True)
+    state = torch.load(tmp_path / "lr" / "gen_1" / "plugins" / OPTIMIZER_FILE, weights_only=True)
     assert state[0]["param_groups"][0]["lr"] == pytest.approx(1e-4)
 
 
 # -- loss terms against the pure functions ------------------------------------------------------------------
 def fake_module(task, model, generation=1):
     ref = copy.deepcopy(model).eval().requires_grad_(False)
-    return SimpleNamespace(task=task, model=model, reference_model=ref, generation=generation, global_step=0,
-                           requirements=frozenset(), run=None)
+    return SimpleNamespace(task=task, model=model, reference_model=ref, generation=generation,
+                           progress=TrainingProgress(0, None), requirements=frozenset(), run=None)
 
 
 def fake_run(task, init="previous", seed=7):
@@ -207,7 +205,7 @@ def test_synthetic_items_cannot_be_forget_examples():
 # -- errors -------------------------------------------------------------------------------------------------------
 def test_task_without_forget_data_is_refused(tmp_path):
     markov = MarkovText(train_size=16, heldout_size=8, seq_len=8, vocab_size=8, n_layer=1, n_embd=8)
-    with pytest.raises(TaskIncompatible, match="provides no forget data"):
+    with pytest.raises(TaskIncompatible, match=r"npo needs the task capability ForgetRetain \('forget_data'"):
         run(tmp_path, ["npo"], task=markov)
 
 

@@ -2,11 +2,10 @@
 
 ``seqvcr`` adds the Seq-VCR loss of a learnable linear projection of one layer's
 hidden states to every training step. The projection is created in
-``generation_start`` and attached to the task model as the submodule
-``seqvcr_projection``, so the task's optimizer (built when training starts, from
-``model.parameters()``) trains it; ``generation_end`` detaches it again, so the
-saved ``model.pt`` holds exactly the task's architecture. A fresh projection is
-drawn each generation.
+``generation_start`` and handed to the engine with ``module.add_trainable``: the
+task's optimizer trains it with the model, and it is never saved with the model,
+so the saved generation holds exactly the task's architecture. A fresh projection
+is drawn each generation.
 
 ``pause-tokens`` sets the task's ``pause_tokens`` option before its data are
 built, so that benchmark methods can be combined as ``seqvcr+pause-tokens``.
@@ -17,6 +16,7 @@ import math
 
 import torch
 
+from collapsekit import capabilities as caps
 from collapsekit import hookimpl
 from collapsekit.errors import CollapsekitError, TaskIncompatible
 
@@ -66,11 +66,9 @@ class SeqVCR:
     @hookimpl
     def configure(self, run):
         task = run.task
-        if "hidden_states" not in getattr(task, "provides", ()):
-            raise TaskIncompatible(f"seqvcr needs per-layer hidden states, but task {task.name!r} does not provide "
-                                   "'hidden_states'; use a token task such as multiplication or markov-text")
-        n_layer = getattr(task, "n_layer", None)
-        if self.layer is not None and n_layer is not None and not -(n_layer + 1) <= self.layer <= n_layer:
+        caps.require(task, caps.HiddenStates, plugin="seqvcr", why="regularize one layer's hidden states")
+        n_layer = task.n_layer
+        if self.layer is not None and not -(n_layer + 1) <= self.layer <= n_layer:
             raise TaskIncompatible(f"seqvcr layer={self.layer} is out of range: task {task.name!r} has {n_layer} "
                                    f"blocks, so hidden_states holds {n_layer + 1} layers (0..{n_layer})")
 
@@ -90,13 +88,8 @@ class SeqVCR:
         param = next(module.model.parameters(), None)
         if param is not None:
             projection = projection.to(device=param.device, dtype=param.dtype)
-        module.model.add_module(PROJECTION, projection)
+        module.add_trainable(PROJECTION, projection)
         self.projection = projection
-
-    @hookimpl
-    def generation_end(self, module):
-        if PROJECTION in module.model._modules:
-            del module.model._modules[PROJECTION]
 
     # -- loss ----------------------------------------------------------------------------
     def select(self, hidden_states) -> torch.Tensor:
@@ -114,12 +107,11 @@ class SeqVCR:
     def loss_terms(self, module, outputs):
         h = self.select(outputs.get("hidden_states"))
         if self.proj_dim != 0:
-            projection = module.model._modules.get(PROJECTION)
-            if projection is None:
-                raise CollapsekitError("seqvcr: the projection is not attached to the model; it is created in "
+            if PROJECTION not in module.trainables:
+                raise CollapsekitError("seqvcr: the projection was not added to the module; it is created in "
                                        "generation_start, so train through collapsekit's generation loop (or "
                                        "use proj_dim=0, or call collapsekit_seqvcr.seqvcr_loss yourself)")
-            h = projection(h)
+            h = module.trainable(PROJECTION)(h)
         mask = outputs.get("attention_mask")
         if h.shape[0] < 2:
             zero = h.sum() * 0.0
@@ -143,9 +135,7 @@ class PauseTokens:
     @hookimpl
     def configure(self, run):
         task = run.task
-        if not hasattr(task, "pause_tokens"):
-            raise TaskIncompatible(f"pause-tokens needs a task with a 'pause_tokens' option; task {task.name!r} has "
-                                   "none (the multiplication task has it)")
+        caps.require(task, caps.PauseTokens, plugin="pause-tokens", why="insert pause tokens before the answer")
         current = task.pause_tokens
         if current not in (0, self.k):
             raise TaskIncompatible(f"pause-tokens k={self.k} conflicts with the task's pause_tokens={current}; "

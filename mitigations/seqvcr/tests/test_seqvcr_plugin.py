@@ -57,11 +57,12 @@ def test_projection_is_in_the_optimizer(tmp_path):
     task = Multiplication(**TINY)
     task.setup(0)
     hooks = build_manager([{"class_path": "seqvcr", "init_args": {"proj_dim": 4}}])
-    run = SimpleNamespace(torch_generator=lambda g, role: torch.Generator().manual_seed(5), task=task)
-    module = GenerationalModule(task, hooks=hooks, run=run, requirements=frozenset({"hidden_states"}))
+    run = SimpleNamespace(torch_generator=lambda g, role: torch.Generator().manual_seed(5), task=task, hooks=hooks,
+                          requirements=frozenset({"hidden_states"}))
+    module = GenerationalModule(run, 0, task.build_model())
     hooks.call("generation_start", run=run, generation=0, module=module)
     optimizer = module.configure_optimizers()
-    proj = module.model._modules[PROJECTION]
+    proj = module.trainable(PROJECTION)
     assert any(p is proj.weight for group in optimizer.param_groups for p in group["params"])
     before = proj.weight.detach().clone()
     batch = {"tokens": torch.as_tensor(task.train_tokens[:16])}
@@ -72,7 +73,20 @@ def test_projection_is_in_the_optimizer(tmp_path):
     assert proj.weight.grad is not None and proj.weight.grad.abs().sum() > 0
     assert not torch.equal(before, proj.weight.detach())
     hooks.call("generation_end", run=run, generation=0, module=module)
-    assert PROJECTION not in module.model._modules
+    assert not any(PROJECTION in k for k in module.model.state_dict())
+
+
+class ModuleStandIn:
+    """What the plugin uses of the engine's module: the model and the trainables service."""
+
+    def __init__(self, model):
+        self.model, self.trainables = model, torch.nn.ModuleDict()
+
+    def add_trainable(self, name, module):
+        self.trainables[name] = module
+
+    def trainable(self, name):
+        return self.trainables[name]
 
 
 def test_loss_terms_equal_seqvcr_loss_of_the_projected_layer():
@@ -80,18 +94,18 @@ def test_loss_terms_equal_seqvcr_loss_of_the_projected_layer():
     task.setup(0)
     model = task.build_model()
     plugin = SeqVCR(layer=1, proj_dim=6, var_coeff=0.7, cov_coeff=0.3)
-    module = SimpleNamespace(model=model)
+    module = ModuleStandIn(model)
     plugin.generation_start(SimpleNamespace(torch_generator=lambda g, r: torch.Generator().manual_seed(1)), 0, module)
     outputs = task.step(model, {"tokens": torch.as_tensor(task.train_tokens[:8])}, frozenset({"hidden_states"}))
     terms = plugin.loss_terms(module, outputs)
-    expected = seqvcr_loss(model._modules[PROJECTION](outputs["hidden_states"][1]), 0.7, 0.3, 1e-3)
+    expected = seqvcr_loss(module.trainable(PROJECTION)(outputs["hidden_states"][1]), 0.7, 0.3, 1e-3)
     assert set(terms) == {"seqvcr/var", "seqvcr/cov"}
     assert (terms["seqvcr/var"] + terms["seqvcr/cov"]).item() == pytest.approx(expected.item(), rel=1e-6)
     # attention_mask from the task is honoured
     mask = torch.ones(8, outputs["hidden_states"][1].shape[1], dtype=torch.bool)
     mask[5:, -3:] = False
     masked = plugin.loss_terms(module, {**outputs, "attention_mask": mask})
-    expected_masked = seqvcr_loss(model._modules[PROJECTION](outputs["hidden_states"][1]), 0.7, 0.3, 1e-3, mask=mask)
+    expected_masked = seqvcr_loss(module.trainable(PROJECTION)(outputs["hidden_states"][1]), 0.7, 0.3, 1e-3, mask=mask)
     assert (masked["seqvcr/var"] + masked["seqvcr/cov"]).item() == pytest.approx(expected_masked.item(), rel=1e-6)
     # a batch of one item has no covariance: zero terms, graph kept
     one = task.step(model, {"tokens": torch.as_tensor(task.train_tokens[:1])}, frozenset({"hidden_states"}))
@@ -120,10 +134,10 @@ def test_clear_errors():
     model = task.build_model()
     outputs = task.step(model, {"tokens": torch.as_tensor(task.train_tokens[:4])}, frozenset({"hidden_states"}))
     with pytest.raises(CollapsekitError, match="generation_start"):
-        SeqVCR().loss_terms(SimpleNamespace(model=model), outputs)
+        SeqVCR().loss_terms(ModuleStandIn(model), outputs)
     with pytest.raises(CollapsekitError, match="no 'hidden_states'"):
-        SeqVCR().loss_terms(SimpleNamespace(model=model), {"loss": outputs["loss"]})
-    with pytest.raises(TaskIncompatible, match="pause_tokens"):
+        SeqVCR().loss_terms(ModuleStandIn(model), {"loss": outputs["loss"]})
+    with pytest.raises(TaskIncompatible, match="PauseTokens"):
         PauseTokens(2).configure(SimpleNamespace(task=SimpleNamespace(name="markov-text")))
     with pytest.raises(TaskIncompatible, match="conflicts"):
         PauseTokens(2).configure(SimpleNamespace(task=Multiplication(**TINY, pause_tokens=3)))

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from collapsekit import capabilities as caps
 from collapsekit import hookimpl
-from collapsekit.errors import TaskIncompatible
 
 from .functional import edit_statistics, edit_tokens
 
@@ -72,50 +72,37 @@ class TokenEditing:
 
     @hookimpl
     def configure(self, run: Any) -> None:
-        task = run.task
-        missing = [what for what, ok in (
-            ("token_logits(model, tokens) method", callable(getattr(task, "token_logits", None))),
-            ("'tokens' pool array", "tokens" in tuple(getattr(task, "pool_keys", ()))),
-            ("int vocab_size attribute", isinstance(getattr(task, "vocab_size", None), int)),
-        ) if not ok]
-        if missing:
-            raise TaskIncompatible(
-                f"token-editing edits real token sequences with the model's next-token probabilities, but task "
-                f"{getattr(task, 'name', type(task).__name__)!r} ({type(task).__name__}) is not a token task: "
-                f"it has no {', no '.join(missing)}; use a token task (a CausalLMTask such as markov-text or bible-lm) "
-                f"or remove token-editing from run.plugins")
+        caps.require(run.task, caps.TokenSequences, plugin="token-editing",
+                     why="edit real token sequences with the model's next-token probabilities")
 
-    def rows_to_edit(self, run: Any, generation: int, n_real: int) -> tuple[np.ndarray, torch.Generator]:
-        """Indices of the real rows this ``synthesize`` call edits, and the generator for the edits.
+    def rows_to_edit(self, run: Any, generation: int, n_real: int, request: Any) -> tuple[np.ndarray, torch.Generator]:
+        """Indices of the real rows the shard ``request`` edits, and the generator for the edits.
 
-        When the engine tells that this call makes only part of the generation's pool
-        (``run.synthesis_slice`` and ``run.synthesis_total``, see README), the rows are that
-        slice of one plan for the whole generation drawn from role ``"token-editing/rows"``, so
-        shards never overlap. Otherwise (one call makes the whole generation, or the engine does
-        not say) the rows come from ``run.torch_generator(generation, "synthesize")``, which then
-        draws the edits.
+        When the shard makes only part of the generation's pool, its rows are ``request.slice`` of one
+        plan for the whole generation (``request.total`` rows, :func:`pick_rows`) drawn from role
+        ``"token-editing/rows"``, so shards never overlap. When it makes the whole generation, the rows
+        come from ``request.generator``, which then draws the edits.
         """
-        part, total = getattr(run, "synthesis_slice", None), getattr(run, "synthesis_total", None)
-        if isinstance(part, slice) and isinstance(total, int) and (part.start, part.stop) != (0, total):
-            plan = pick_rows(n_real, total, run.torch_generator(generation, "token-editing/rows"))
-            return plan[part], run.torch_generator(generation, "synthesize")
-        generator = run.torch_generator(generation, "synthesize")
-        return pick_rows(n_real, run.samples_per_generation, generator), generator
+        generator = request.generator
+        if (request.start, request.size) != (0, request.total):
+            plan = pick_rows(n_real, request.total, run.torch_generator(generation, "token-editing/rows"))
+            return plan[request.slice], generator
+        return pick_rows(n_real, request.total, generator), generator
 
     @hookimpl
     def generation_start(self, generation: int) -> None:
         self.counts.pop(generation, None)        # a redone generation starts its statistics afresh
 
     @hookimpl
-    def synthesize(self, run: Any, model: torch.nn.Module, generation: int) -> dict[str, np.ndarray]:
+    def synthesize(self, run: Any, model: torch.nn.Module, generation: int, request: Any) -> dict[str, np.ndarray]:
         task = run.task
         real = np.asarray(task.real_pool().arrays["tokens"])
         if real.ndim != 2 or real.shape[1] < 2:
             raise ValueError(f"token-editing needs real token rows [N, T>=2] (BOS first), got shape {real.shape}")
-        rows, generator = self.rows_to_edit(run, generation, len(real))
+        rows, generator = self.rows_to_edit(run, generation, len(real), request)
         tokens = real[rows]
         out = tokens.copy()
-        batch = self.batch_size or int(getattr(task, "eval_batch_size", 256))
+        batch = self.batch_size or int(task.eval_batch_size)
         counts = self.counts.setdefault(generation, dict.fromkeys(COUNTS, 0.0))
         for start in range(0, len(tokens), batch):
             chunk = torch.as_tensor(tokens[start:start + batch])

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from collapsekit.capabilities import TokenSequences
 from collapsekit.errors import TaskIncompatible
 from collapsekit.pool import REAL, Pool
+from collapsekit.run import SynthesisRequest
 from collapsekit.seeds import torch_generator
 from collapsekit_token_editing import edit_tokens
 from collapsekit_token_editing.plugin import TokenEditing, pick_rows
@@ -17,7 +19,7 @@ from collapsekit_token_editing.plugin import TokenEditing, pick_rows
 V, BOS = 4, 4
 
 
-class BigramStub:
+class BigramStub(TokenSequences):
     """A token task whose 'model' is a fixed bigram table: after id u the next id is (u+1) % V with
     p = e^5 / (e^5 + 3) ~ 0.980 among content ids. The BOS column has the largest logit everywhere,
     so a plugin that forgot to mask it would propose BOS."""
@@ -52,6 +54,18 @@ def stub_run(n_rows=7, samples=None, seed=0):
                            torch_generator=lambda g, role: torch_generator(seed, g, role))
 
 
+def whole(run, generation):
+    """The engine's request when one shard makes the whole generation."""
+    n = run.samples_per_generation
+    return SynthesisRequest(0, 0, n, n, torch_generator(run.seed, generation, "synthesize/shard0"))
+
+
+def shard(run, generation, index, start, stop, total):
+    """The engine's request of shard ``index`` making items ``start:stop`` of ``total``."""
+    return SynthesisRequest(index, start, stop - start, total,
+                            torch_generator(run.seed, generation, f"synthesize/shard{index}"))
+
+
 def test_pick_rows():
     g = torch.Generator().manual_seed(0)
     assert pick_rows(5, 5, g).tolist() == [0, 1, 2, 3, 4]
@@ -66,7 +80,7 @@ def test_pick_rows():
 def test_synthesize_edits_real_rows_and_never_touches_or_proposes_bos():
     run = stub_run()
     plugin = TokenEditing(threshold=0.9, top_k=3, temperature=3.0)
-    out = plugin.synthesize(run, None, 0)["tokens"]
+    out = plugin.synthesize(run, None, 0, whole(run, 0))["tokens"]
     real = run.task.rows
     assert out.shape == real.shape and out.dtype == np.int64
     assert (out[:, 0] == BOS).all() and (out[:, 1:] < V).all()
@@ -76,7 +90,7 @@ def test_synthesize_edits_real_rows_and_never_touches_or_proposes_bos():
     assert (out[:, 1:][~likely] == cur[~likely]).all()
     assert (out[:, 1:][likely] != cur[likely]).any()
     # the same edit, reproduced with the pure function on the BOS-masked logits and the run's generator
-    g = run.torch_generator(0, "synthesize")
+    g = torch_generator(run.seed, 0, "synthesize/shard0")
     rows = pick_rows(len(real), len(real), g)
     expected = []
     for start in range(0, len(rows), 3):
@@ -96,16 +110,16 @@ def test_synthesize_edits_real_rows_and_never_touches_or_proposes_bos():
 def test_synthesize_is_deterministic_and_uses_the_generation_seed():
     run = stub_run(n_rows=12, samples=30)
     plugin = TokenEditing(threshold=0.5, top_k=4, temperature=5.0)
-    a = plugin.synthesize(run, None, 1)["tokens"]
-    b = TokenEditing(threshold=0.5, top_k=4, temperature=5.0).synthesize(run, None, 1)["tokens"]
-    c = plugin.synthesize(run, None, 2)["tokens"]
+    a = plugin.synthesize(run, None, 1, whole(run, 1))["tokens"]
+    b = TokenEditing(threshold=0.5, top_k=4, temperature=5.0).synthesize(run, None, 1, whole(run, 1))["tokens"]
+    c = plugin.synthesize(run, None, 2, whole(run, 2))["tokens"]
     assert a.shape == (30, 7) and np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_drop_rule_reported():
     run = stub_run()
     plugin = TokenEditing(threshold=0.99, top_k=1, drop_below=0.01)
-    out = plugin.synthesize(run, None, 0)["tokens"]
+    out = plugin.synthesize(run, None, 0, whole(run, 0))["tokens"]
     real = run.task.rows
     prev, cur = real[:, :-1], real[:, 1:]
     likely = cur == (prev + 1) % V              # (BOS + 1) % V = 1 follows BOS
@@ -116,24 +130,11 @@ def test_drop_rule_reported():
     assert stats["token_editing/share_above"] == 0.0
 
 
-class ShardedRun:
-    """A run as the engine shows it inside shard ``s`` of a generation, with the proposed
-    ``synthesis_slice`` / ``synthesis_total`` attributes."""
-
-    def __init__(self, base, shard, start, stop, total):
-        self.task, self.seed, self.shard = base.task, base.seed, shard
-        self.samples_per_generation = stop - start
-        self.synthesis_slice, self.synthesis_total = slice(start, stop), total
-
-    def torch_generator(self, g, role):
-        return torch_generator(self.seed, g, f"{role}/shard{self.shard}" if role == "synthesize" else role)
-
-
 def test_shards_edit_disjoint_parts_of_one_plan_and_statistics_add_up():
     base = stub_run(n_rows=10)
     plugin = TokenEditing(threshold=0.9, top_k=3, temperature=3.0)
     bounds = [(0, 4), (4, 8), (8, 10)]
-    parts = [plugin.synthesize(ShardedRun(base, s, a, b, 10), None, 0)["tokens"] for s, (a, b) in enumerate(bounds)]
+    parts = [plugin.synthesize(base, None, 0, shard(base, 0, s, a, b, 10))["tokens"] for s, (a, b) in enumerate(bounds)]
     out = np.concatenate(parts)
     real = base.task.rows
     assert out.shape == real.shape
@@ -146,15 +147,9 @@ def test_shards_edit_disjoint_parts_of_one_plan_and_statistics_add_up():
     assert stats["token_editing/share_changed"] == pytest.approx((out[:, 1:] != cur).mean())
     plugin.generation_start(0)                                   # a redone generation starts afresh
     assert plugin.metrics(0) == {"token_editing/threshold": 0.9, "token_editing/top_k": 3.0}
-    # one shard making the whole generation is the same as a run without shard information
-    single = TokenEditing(threshold=0.9, top_k=3, temperature=3.0)
-    whole = ShardedRun(base, 0, 0, 10, 10)
-    without = stub_run(n_rows=10)
-    without.torch_generator = whole.torch_generator
-    assert np.array_equal(single.synthesize(whole, None, 0)["tokens"], single.synthesize(without, None, 0)["tokens"])
     # fewer items than real rows: the shards take disjoint rows of one plan (threshold 1: no edits)
     keep = TokenEditing(threshold=1.0)
-    parts = [keep.synthesize(ShardedRun(base, s, a, b, 6), None, 0)["tokens"] for s, (a, b) in enumerate([(0, 3), (3, 6)])]
+    parts = [keep.synthesize(base, None, 0, shard(base, 0, s, a, b, 6))["tokens"] for s, (a, b) in enumerate([(0, 3), (3, 6)])]
     index = [int(np.flatnonzero((real == row).all(1))[0]) for row in np.concatenate(parts)]
     assert len(set(index)) == 6 and index == sorted(index)
 
@@ -172,7 +167,8 @@ def test_bad_settings(kwargs):
 
 def test_configure_rejects_a_non_token_task():
     run = SimpleNamespace(task=SimpleNamespace(name="gaussian", pool_keys=("x",)))
-    with pytest.raises(TaskIncompatible, match=r"not a token task: it has no token_logits.*remove token-editing"):
+    with pytest.raises(TaskIncompatible, match=r"token-editing needs the task capability TokenSequences.*'gaussian'.*"
+                                               r"remove token-editing"):
         TokenEditing().configure(run)
     TokenEditing().configure(stub_run())       # a token task passes
 
@@ -189,8 +185,9 @@ def test_rejected_through_the_engine(tmp_path):
 
     run = Run(RunConfig(name="x", root=str(tmp_path), generations=1, plugins=["token-editing"]),
               Points(), build_manager(["token-editing"]))
-    with pytest.raises(TaskIncompatible, match=r"'token-editing'.*not a token task: it has no token_logits"):
+    with pytest.raises(TaskIncompatible, match=r"'token-editing'.*needs the task capability TokenSequences"):
         execute(run, trainer_factory(max_steps=1))
+    assert not (tmp_path / "x" / "gen_0").exists()            # stopped before anything trained
 
 
 def test_real_run_on_markov_text(tmp_path):
@@ -217,8 +214,7 @@ def test_real_run_on_markov_text(tmp_path):
         assert pool.shape == real.shape
         assert (pool[:, 0] == task.bos_id).all() and (pool[:, 1:] < task.vocab_size).all()
     # the stored pool is the edit of the real rows by that generation's trained model
-    model = task.build_model()
-    model.load_state_dict(torch.load(tmp_path / "te" / "gen_1" / "model.pt", weights_only=True))
-    with run.synthesis_shard(0, len(real), start=0):             # the engine's single shard
-        again = TokenEditing(threshold=0.0, top_k=4).synthesize(run, model, 1)["tokens"]
+    model = run.model_of(1)
+    request = run.synthesis_request(1, shard=0, start=0, size=len(real))   # the engine's single shard
+    again = TokenEditing(threshold=0.0, top_k=4).synthesize(run, model, 1, request)["tokens"]
     assert np.array_equal(again, np.asarray(run.synthetic(1).arrays["tokens"]))

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
+from collapsekit import capabilities as caps
 from collapsekit import hookimpl
 from collapsekit.errors import TaskIncompatible
 
@@ -66,32 +67,22 @@ class VICReg:
         self.sim_coeff, self.std_coeff, self.cov_coeff, self.eps = sim_coeff, std_coeff, cov_coeff, eps
 
     # -- set-up ---------------------------------------------------------------------------
-    def _source(self) -> str:
-        return "features" if self.layer == "features" else "hidden_states"
+    def _source(self) -> type[caps.Capability]:
+        return caps.StepFeatures if self.layer == "features" else caps.HiddenStates
 
     def _two_views(self, task: Any) -> bool:
-        has_views = callable(getattr(task, "augmented_views", None))
-        return self.views == "two" or (self.views == "auto" and has_views)
+        return self.views == "two" or (self.views == "auto" and caps.TwoViews.requirement in caps.provides(task))
 
     @hookimpl
     def configure(self, run: Any) -> None:
-        task = run.task
-        provides = set(getattr(task, "provides", ()))
-        name = getattr(task, "name", type(task).__name__)
-        if self._source() not in provides:
-            raise TaskIncompatible(
-                f"vicreg with layer={self.layer!r} needs the task's {self._source()!r} output, which task "
-                f"{name!r} does not provide (it provides {sorted(provides) or 'nothing extra'}); pick another "
-                f"layer or task")
-        if self.views == "two" and not callable(getattr(task, "augmented_views", None)):
-            raise TaskIncompatible(
-                f"vicreg with views='two' needs two augmented views from the task, but task {name!r} has no "
-                f"augmented_views(model, batch) method; set views: single (variance + covariance only) or use "
-                f"a task with views such as digits-classify")
+        caps.require(run.task, self._source(), plugin="vicreg", why=f"regularize layer={self.layer!r}")
+        if self.views == "two":
+            caps.require(run.task, caps.TwoViews, plugin="vicreg",
+                         why="compare two augmented views (or set views: single, variance + covariance only)")
 
     @hookimpl
     def requirements(self, task: Any) -> list[str]:
-        return [self._source()]
+        return [self._source().requirement]
 
     # -- training ---------------------------------------------------------------------------
     def _pick(self, source: Mapping[str, Any], where: str) -> torch.Tensor:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from collapsekit.capabilities import HiddenStates, StepFeatures, TwoViews
 from collapsekit.dispatch import build_manager
 from collapsekit.errors import TaskIncompatible
 from collapsekit.loop import execute, trainer_factory
@@ -37,10 +38,10 @@ def test_single_view_on_a_hidden_layer_in_a_real_run(tmp_path):
     assert {"loss/vicreg/variance", "loss/vicreg/covariance"} <= set(m) and "loss/vicreg/invariance" not in m
 
 
-class ViewTask:
+class ViewTask(StepFeatures, HiddenStates, TwoViews):
     """A stand-in task whose augmented_views returns fixed view dicts."""
 
-    provides = frozenset({"features", "hidden_states"})
+    n_layer = 1
 
     def __init__(self, views):
         self.views = views
