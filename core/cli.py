@@ -281,11 +281,12 @@ def cmd_tasks(argv: Sequence[str]) -> int:
 
 def cmd_hooks(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="collapsekit hooks", description="Print the hook reference.")
-    p.add_argument("--markdown", action="store_true")
-    p.parse_args(argv)
-    from .hookdocs import hook_reference
+    p.add_argument("--markdown", action="store_true", help="a Markdown table (the README's) instead of the "
+                                                           "full contracts")
+    args = p.parse_args(argv)
+    from .hookdocs import hook_reference, hook_text
 
-    print(hook_reference())
+    print(hook_reference() if args.markdown else hook_text())
     return 0
 
 

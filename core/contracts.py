@@ -68,7 +68,8 @@ def _check_compose_pool(value: Any, kwargs: Mapping[str, Any], strict: bool) -> 
     problems = []
     task = getattr(kwargs.get("run"), "task", None)
     if task is not None and value.keys != tuple(sorted(task.pool_keys)):
-        problems.append(f"pool holds arrays {list(value.keys)}, the task expects {sorted(task.pool_keys)}")
+        problems.append(f"pool holds arrays {list(value.keys)}, the task expects {sorted(task.pool_keys)}; "
+                        "is it a pool from another task?")
     if len(value) == 0:
         problems.append("returned an empty pool; the generation would have nothing to train on")
     gen = np.asarray(value.origin_generation)

@@ -97,7 +97,8 @@ def synthesize(run, model, generation, request):
 def filter_samples(run, samples, generation):
     """Decide which synthesized items of ``generation`` enter the pool history.
 
-    ``samples`` is the synthesized :class:`~collapsekit.pool.Pool`. Return a
+    Called once per generation, after all synthesis shards are joined (in the
+    process that writes the run's files). ``samples`` is the synthesized :class:`~collapsekit.pool.Pool`. Return a
     boolean ``numpy.ndarray`` of ``len(samples)`` (``True`` = keep), a
     ``(keep, scores)`` tuple whose float ``scores`` are summarised in the
     metrics, or ``None`` for no opinion. All masks are AND-ed; the kept share

@@ -40,7 +40,7 @@ class AncestralSampling:
         require(run.task, Sampler, plugin="ancestral", why="sample new items from the trained model")
 
     @hookimpl(trylast=True)
-    def synthesize(self, run, model, request):
+    def synthesize(self, run, model, generation, request):
         return run.task.sample(
             model,
             request.size,

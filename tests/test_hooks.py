@@ -1,5 +1,6 @@
 """Every hook spec is documented and exercised through a real run (real pluggy, real Trainer)."""
 import inspect
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,20 @@ def recorder():
 
 
 def test_every_hook_spec_has_a_contract():
-    assert set(hook_specs()) == set(HOOK_NAMES)
+    """Each spec says when it is called and what to return, and names every argument it passes
+    (in its own docstring, or among the recurring arguments of the module docstring)."""
+    import collapsekit.hookspecs as hookspecs
+    from collapsekit.contracts import HOOKS
+
+    assert set(hook_specs()) == set(HOOK_NAMES) == set(HOOKS)
+    assert [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "collapsekit_spec")] == sorted(HOOKS)
+    recurring = set(re.findall(r"^\* ``(\w+)``", inspect.getdoc(hookspecs), re.M))
     for name, fn in hook_specs().items():
         doc = inspect.getdoc(fn) or ""
-        assert len(doc.split()) >= 25, f"hook {name} needs a docstring contract"
-        assert "return" in doc.lower() or "called" in doc.lower(), name
+        assert "Return" in doc, f"hook {name}: the contract must say what to return"
+        assert re.search(r"\b(called|once|after|before|every)\b", doc, re.I), f"hook {name}: say when it is called"
+        for arg in inspect.signature(fn).parameters:
+            assert f"``{arg}``" in doc or arg in recurring, f"hook {name}: argument {arg!r} is not described"
 
 
 def test_every_hook_is_exercised_in_a_real_run(tmp_path, tiny_task, recorder):

@@ -36,8 +36,11 @@ def test_kill_mid_synthesis_or_pool_write_resumes_identically(kill_after, make_c
     deadline = time.time() + 240
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.002)
+    alive = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert marker.exists() and alive, "the run ended before the kill point; nothing was tested"
+    assert not (tmp_path / "runs" / "victim" / "gen_1" / "done").exists(), "killed too late"
     subprocess.run(cmd + [str(path)], check=True, env=env, capture_output=True, timeout=300)
     assert metrics_of(tmp_path / "runs" / "victim", 2) == metrics_of(tmp_path / "runs" / "ref", 2)
 
@@ -121,10 +124,9 @@ def test_synthesis_does_not_depend_on_shard_placement(tiny_task, tmp_path, monke
         import torch
 
         torch.manual_seed(torch_seed)
-        with run.synthesis_shard(shard, size, start=20 * shard):
-            assert (run.synthesis_slice, run.synthesis_total) == (slice(20 * shard, 20 * shard + size), 50)
-            parts.append(run.hooks.first("synthesize", run=run, model=model, generation=0)[1]["tokens"])
-    assert run.synthesis_slice is None and run.synthesis_total is None
+        request = run.synthesis_request(0, shard, start=20 * shard, size=size)
+        assert (request.slice, request.total) == (slice(20 * shard, 20 * shard + size), 50)
+        parts.append(run.hooks.first("synthesize", run=run, model=model, generation=0, request=request)[1]["tokens"])
     np.testing.assert_array_equal(whole.arrays["tokens"], np.concatenate(parts))
     assert run.samples_per_generation == 50
 

@@ -13,7 +13,7 @@ Every method of a task gets the same preset (same budget). A method is a plugin
 short name or several joined by ``+``. Each cell is an ordinary run directory
 ``OUT/runs/<preset>/<task>/<method>-s<seed>/`` (its ``config.yaml`` re-runs it
 with ``collapsekit run --config``), so a re-run skips finished generations and
-cells. Results: ``OUT/results.json`` (long format, DESIGN "Stable names"),
+cells. Results: ``OUT/results.json`` (long format, documented in ``configs/bench/README.md``),
 ``OUT/RESULTS.md`` and ``OUT/plots/<task>.png``.
 """
 from __future__ import annotations

@@ -115,7 +115,7 @@ class MarkovText(CausalLMTask):
                 "trainer": {"max_steps": 5000}, "generations": 10},
     }
     """Run settings per bench preset:
-    ``smoke`` (tests), ``cpu`` (DESIGN's CPU prototype, about 25 s per method-seed on one
+    ``smoke`` (tests), ``cpu`` (the CPU prototype's sizes, about 25 s per method-seed on one
     core) and ``gpu``."""
 
     def build_data(self, seed):

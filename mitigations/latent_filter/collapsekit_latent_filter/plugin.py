@@ -23,9 +23,9 @@ from collapsekit.errors import TaskIncompatible
 from .functional import confidence, fit_subspaces, keep_count, subspace_residual, top_n_mask, train_probe
 from .text import SentenceEncoder, minilm_path
 
-LATENT_CAPABILITY = {"model": caps.LatentEncoder, "features": caps.FrozenFeatures, "input": caps.Items,
+LATENT_CAPABILITY = {"model": caps.LatentEncoder, "features": caps.FrozenFeatures, "input": None,
                      "text": caps.TextItems}
-"""The task capability each latent space needs."""
+"""The task capability each latent space needs (``input`` needs only to know the item's pool array)."""
 LATENTS = tuple(LATENT_CAPABILITY)
 SCORERS = ("probe", "subspace", "random")
 ENCODER_GENERATION = 0
@@ -108,7 +108,7 @@ class LatentFilter:
 
     @hookimpl
     def configure(self, run):
-        if self.scorer != "random":
+        if self.scorer != "random" and LATENT_CAPABILITY[self.latent] is not None:
             caps.require(run.task, LATENT_CAPABILITY[self.latent], plugin="latent-filter",
                          why=f"compute latents with latent={self.latent!r}")
         self.keys(run.task)

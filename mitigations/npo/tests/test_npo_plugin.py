@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import torch
 
 import collapsekit
 from collapsekit.dispatch import build_manager
-from collapsekit.errors import ConfigError, PluginConflict, TaskIncompatible
+from collapsekit.errors import ConfigError, PluginConflict, RunStateError, TaskIncompatible
 from collapsekit.loop import execute, trainer_factory
 from collapsekit.module import TrainingProgress
 from collapsekit.plugins.tasks.facts_unlearning import FactsUnlearning
@@ -106,6 +107,19 @@ def test_continue_optimizer_carries_adam_state(tmp_path):
     plugins = [{"class_path": "gradient-ascent", "init_args": {"steps": 3, "continue_optimizer": False}}]
     run(tmp_path, plugins, name="fresh")
     assert not (tmp_path / "fresh" / "gen_1" / "plugins" / OPTIMIZER_FILE).exists()
+
+
+def test_optimizer_file_is_in_the_manifest_and_a_corrupted_one_is_caught_on_resume(tmp_path):
+    plugins = [{"class_path": "npo-rt", "init_args": {"steps": 2}}]
+    run(tmp_path, plugins, generations=2, name="bad")
+    gen_1 = tmp_path / "bad" / "gen_1"
+    manifest = json.loads((gen_1 / "manifest.json").read_text())
+    assert f"plugins/{OPTIMIZER_FILE}" in manifest
+    path = gen_1 / "plugins" / OPTIMIZER_FILE
+    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    with pytest.raises(RunStateError, match=rf"gen_1/plugins/{OPTIMIZER_FILE} is corrupted"):
+        run(tmp_path, plugins, generations=3, name="bad")
+    assert not (tmp_path / "bad" / "gen_2").exists()
 
 
 def test_lr_sets_the_unlearning_learning_rate(tmp_path):
