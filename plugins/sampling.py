@@ -23,6 +23,16 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` for sampling there: ``generator`` itself on its own device, else a
+    ``device`` generator seeded by one draw from ``generator`` (so that the seed chain stays intact and
+    no token's probabilities need to travel to the host)."""
+    if torch.device(device).type == generator.device.type:
+        return generator
+    seed = int(torch.randint(2**62, (), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @torch.no_grad()
 def sample_tokens(
     model: torch.nn.Module,
@@ -37,7 +47,8 @@ def sample_tokens(
 ) -> torch.Tensor:
     """Continue every row of ``prompts`` [N, P] by ``new_tokens`` tokens; return [N, P+new_tokens].
 
-    Sampling draws only from ``generator``. ``temperature`` 0 means greedy.
+    Sampling draws only from ``generator`` (on the model's device: see :func:`device_generator`;
+    on CPU the draws are those of ``generator`` itself). ``temperature`` 0 means greedy.
     ``suppress`` lists token ids never sampled (e.g. a BOS or pad id).
     """
     if temperature < 0:
@@ -45,6 +56,7 @@ def sample_tokens(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    generator = device_generator(generator, device)
     out = []
     for start in range(0, len(prompts), batch_size):
         seq = prompts[start:start + batch_size].to(device)
@@ -61,8 +73,8 @@ def sample_tokens(
                 nxt = logits.argmax(-1, keepdim=True)
             else:
                 logits = filter_logits(logits / temperature, top_k, top_p)
-                probs = torch.softmax(logits, dim=-1).cpu()
-                nxt = torch.multinomial(probs, 1, generator=generator).to(device)
+                probs = torch.softmax(logits, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
             pieces.append(nxt)
             step_input = nxt
         out.append(torch.cat(pieces, dim=1).cpu())
