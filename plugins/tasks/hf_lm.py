@@ -582,8 +582,9 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         return self._prepare(model)
 
     def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Cast, enable gradient checkpointing and wrap with fresh LoRA adapters as configured."""
-        model = model.to(self.dtype)
+        """Cast, enable gradient checkpointing and wrap with fresh LoRA adapters as configured; in train
+        mode (``from_pretrained`` returns eval mode, which would switch dropout off in training)."""
+        model = model.to(self.dtype).train()
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
