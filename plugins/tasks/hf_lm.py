@@ -104,12 +104,11 @@ def _load_hf(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
     try:
         return loader(name, local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        local = Path(str(name)).expanduser().is_dir()
-        where = f"the directory {name} has no loadable {what}" if local else \
-            f"{name!r} is not a local directory and not in the local Hugging Face cache"
-        hint = "" if local else "; " + HOW_TO_PROVIDE.format(name=name)
-        raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: {where} "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}){hint}") from None
+        if Path(str(name)).expanduser().is_dir():
+            raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: the directory has no loadable {what} "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: it is not a local directory and not in the "
+                          f"local Hugging Face cache; {HOW_TO_PROVIDE.format(name=name)}") from None
 
 
 @contextlib.contextmanager

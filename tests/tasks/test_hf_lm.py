@@ -265,7 +265,8 @@ def test_cli_stops_before_training_without_traceback(cli, tmp_path, assets):
     assert not (tmp_path / "runs" / "bad" / "gen_0" / "done").exists()
     shumailov = CONFIGS / "papers" / "shumailov2024.yaml"
     code, _, err = cli("run", "--config", shumailov, "--run.root", str(tmp_path / "runs"))
-    assert code == 2 and "facebook/opt-125m" in err and "Traceback" not in err
+    assert code == 2 and "cannot load the model 'facebook/opt-125m'" in err and "hf download" in err
+    assert "Traceback" not in err and "Union" not in err and len(err.splitlines()) == 1
 
 
 def test_bench_plan_has_hf_lm_smoke():
