@@ -381,7 +381,8 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         elif isinstance(config, Mapping):
             fields = dict(config)
             if "model_type" not in fields:
-                raise ConfigError(f"hf-lm: a config dict needs model_type (e.g. gpt2, llama, opt), got {sorted(fields)}")
+                raise ConfigError(f"hf-lm: a config dict needs model_type (e.g. gpt2, llama, opt), got keys "
+                                  f"{sorted(fields)}")
             try:
                 self.model_config = AutoConfig.for_model(**fields)
             except (ValueError, TypeError, KeyError) as exc:
@@ -479,7 +480,8 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
                           "text_key")
             return docs, [d for d in held if d.strip()]
         if isinstance(self.heldout, bool) or not isinstance(self.heldout, (int, float)):
-            raise ConfigError(f"hf-lm: heldout must be load_dataset arguments or a share in (0, 1), got {self.heldout!r}")
+            raise ConfigError(f"hf-lm: heldout must be load_dataset arguments or a share in (0, 1), "
+                              f"got {self.heldout!r}")
         kept, held = carve(len(docs), float(self.heldout))
         return [docs[i] for i in kept], [docs[i] for i in held]
 
@@ -674,7 +676,8 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         return out
 
     def _prompt_rows(self, n: int, generator: torch.Generator) -> np.ndarray:
-        """[n, 1 + prompt_tokens]: BOS, or BOS + the first ``prompt_tokens`` of real rows (a generator permutation, cycled)."""
+        """[n, 1 + prompt_tokens]: BOS, or BOS + the first ``prompt_tokens`` of real rows (picked by a permutation
+        from ``generator``, cycled when ``n`` exceeds the real rows)."""
         if self.prompt == "empty":
             return np.full((n, 1), self.bos_id, dtype=np.int64)
         real = self.train_tokens

@@ -203,6 +203,18 @@ def test_train_prefix_with_beams_and_repetition_penalty(assets):
     assert not set(a[:, 11:].ravel().tolist()) & set(task.suppress)
 
 
+def test_gradient_checkpointing_bfloat16_and_hidden_states(assets):
+    task = HFCausalLM(**task_args(assets, "llama", gradient_checkpointing=True, torch_dtype="bfloat16"))
+    task.setup(0)
+    net = task.build_model()
+    assert net.training and next(net.parameters()).dtype == torch.bfloat16
+    assert any(getattr(m, "gradient_checkpointing", False) for m in net.modules())
+    out = task.step(net, {"tokens": torch.as_tensor(task.train_tokens[:4])}, frozenset({"hidden_states", "features"}))
+    out["loss"].backward()
+    assert len(out["hidden_states"]) == task.n_layer + 1 and out["features"].shape == (4, 16)
+    assert out["logits"].shape == (4, 16, task.logits_size) and torch.isfinite(out["loss"])
+
+
 def test_repetition_and_bits_per_byte(assets):
     assert repetition(np.array([[1, 2, 3, 4, 1, 2, 3, 4]])) == pytest.approx(1 - 4 / 5)
     assert repetition(np.arange(8)[None]) == 0.0
@@ -240,20 +252,17 @@ def test_errors_are_one_clear_message(assets, tmp_path, monkeypatch):
     for kwargs, message in cases:
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
             HFCausalLM(**kwargs)
-    write_jsonl(tmp_path / "empty.jsonl", [{"body": "  "}])
+    empty = {"path": "json", "data_files": str(write_jsonl(tmp_path / "empty.jsonl", [{"body": "  "}]))}
+    short = {"path": "json", "data_files": str(write_jsonl(tmp_path / "short.jsonl", [{"body": "In the"}]))}
     setup_cases = [
         (dict(text_key="text"), r"no column 'text' \(set text_key\); its columns are \['body'\]"),
-        (dict(data={"path": "json", "data_files": str(tmp_path / "empty.jsonl")}), "holds no text"),
+        (dict(data=empty), "holds no text"),
+        (dict(data=short, heldout=short), "less than one block of block_size=16"),
         (dict(data={"path": "wikitext", "name": "wikitext-2-raw-v1"}), "cannot load data .*wikitext.* offline"),
-        (dict(block_size=60, max_blocks=None), None),
     ]
     for extra, message in setup_cases:
-        task = HFCausalLM(**task_args(assets, **extra))
-        if message is None:
-            task.setup(0)
-            continue
         with pytest.raises(ConfigError, match=message):
-            task.setup(0)
+            HFCausalLM(**task_args(assets, **extra)).setup(0)
 
 
 def test_cli_stops_before_training_without_traceback(cli, tmp_path, assets):
@@ -269,8 +278,12 @@ def test_cli_stops_before_training_without_traceback(cli, tmp_path, assets):
     assert "Traceback" not in err and "Union" not in err and len(err.splitlines()) == 1
 
 
-def test_bench_plan_has_hf_lm_smoke():
-    from collapsekit.bench.runner import plan
+def test_bench_smoke_preset_runs(tmp_path):
+    from collapsekit.bench.runner import plan, run_bench
 
-    cells, meta = plan("smoke", tasks=["hf-lm"], progress=False)
-    assert meta["tasks"]["hf-lm"]["methods"][0] == "baseline" and cells
+    cells, _ = plan("smoke", tasks=["hf-lm"], progress=False)
+    assert {c["method"] for c in cells} == set(HFCausalLM.bench_methods)
+    results = run_bench("smoke", tasks=["hf-lm"], methods=["baseline"], seeds=[0], out=tmp_path, progress=False,
+                        fail_fast=True, overrides={"hf-lm": {"trainer": {"max_steps": 3}}})
+    rows = [r for r in results["rows"] if r["metric"] == "heldout_ppl"]
+    assert len(rows) == 2 and all(math.isfinite(r["value"]) for r in rows)
