@@ -107,6 +107,8 @@ def _load_hf(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
         if Path(str(name)).expanduser().is_dir():
             raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: the directory has no loadable {what} "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        if str(name).startswith(("/", ".", "~")) or str(name).count("/") > 1:
+            raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: no such directory") from None
         raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: it is not a local directory and not in the "
                           f"local Hugging Face cache; {HOW_TO_PROVIDE.format(name=name)}") from None
 
@@ -268,6 +270,8 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
                                       "n_positions": 64},
                            "block_size": 32, "max_blocks": 128, "max_heldout_blocks": 64, "batch_size": 16},
                   "trainer": {"max_steps": 20}, "generations": 2},
+        # measured (1 torch thread, 2 shared cores): 77-79 s CPU per method-seed; held-out ppl 8.1 -> 12.1 after
+        # 3 replace generations, 10.2 with accumulate (seed 0)
         "cpu": {"task": {"config": {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2,
                                     "n_positions": 128, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
                          "block_size": 64, "max_blocks": 1000, "max_heldout_blocks": 300, "batch_size": 32,

@@ -248,6 +248,7 @@ def test_errors_are_one_clear_message(assets, tmp_path, monkeypatch):
         (dict(), "got neither"),
         (dict(model=str(assets / "gpt2"), block_size=64), "exceeds the model's context of 64"),
         (dict(model=str(assets / "gpt2"), tokenizer=str(tmp_path)), "no loadable tokenizer"),
+        (dict(model=str(tmp_path / "missing")), "missing': no such directory"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
