@@ -172,10 +172,24 @@ def test_answer_mask_and_pools_follow_the_forget_contract(assets):
     assert "forget_data" not in HFCausalLM(**task_args(assets)).provides
 
 
-@pytest.mark.parametrize("model", ["gpt2", "llama"])
+SCRATCH = {
+    "opt": {"model_type": "opt", "num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2,
+            "ffn_dim": 32, "word_embed_proj_dim": 16, "max_position_embeddings": 64},
+    "gpt_neox": {"model_type": "gpt_neox", "num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2,
+                 "intermediate_size": 32, "max_position_embeddings": 64},
+}
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama", "opt", "gpt_neox"])
 def test_kv_cache_sampler_matches_full_recompute_greedy(assets, model):
-    task = HFCausalLM(**task_args(assets, model, generation={"temperature": 0}))
+    """Saved GPT-2 / Llama, and OPT / GPT-NeoX from a config dict with the BPE tokenizer given by path."""
+    args = task_args(assets, model, generation={"temperature": 0})
+    if model in SCRATCH:
+        args.pop("model")
+        args.update(config=SCRATCH[model], tokenizer=str(assets / "tokenizer"))
+    task = HFCausalLM(**args)
     task.setup(0)
+    assert task.logits_size == len(task.tokenizer) and task.suppress == [task.bos_id]
     torch.manual_seed(1)
     net = task.build_model().eval()
     rows = task.sample(net, 3, torch.Generator().manual_seed(0))["tokens"]
@@ -237,6 +251,11 @@ def test_scratch_config_uses_byte_tokenizer_and_presets_build(assets):
     assert task.train_tokens.shape == (128, 33) and (task.train_tokens[:, 0] == 256).all()
     text = task.decode(task.train_tokens[:1])[0]
     assert text.encode("utf8") == bytes(task.train_tokens[0, 1:].astype(np.uint8))
+    from_dir = HFCausalLM(config=str(assets / "gpt2"))           # a config directory's own tokenizer is used
+    assert not from_dir.byte_level and len(from_dir.tokenizer) == from_dir.logits_size and from_dir.lr == 1e-3
+    torch.manual_seed(0)
+    fresh, pretrained = from_dir.build_model(), HFCausalLM(model=str(assets / "gpt2")).build_model()
+    assert not torch.equal(fresh.lm_head.weight, pretrained.lm_head.weight)    # config = fresh init
 
 
 # -- errors --------------------------------------------------------------------------------------------------
