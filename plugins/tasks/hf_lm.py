@@ -332,9 +332,10 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         self._load_architecture(model, config, tokenizer)
         self._check_sizes(block_size, max_blocks, max_heldout_blocks, eval_batch_size, prompt)
         self.block_size = block_size
-        self.width = block_size + 1                     # pool row width (QA width with forget data)
+        self.width = block_size + 1                     # pool row width (the QA rows' width with forget data)
         self._prompt_args = (prompt_tokens, max_new_tokens)
-        self.prompt_tokens = self._prompt_length(prompt_tokens, max_new_tokens)
+        if forget is None:                              # with forget data: checked in setup, once the width is known
+            self.prompt_tokens = self._prompt_length(prompt_tokens, max_new_tokens)
         if (forget is None) != (retain is None):
             raise ConfigError("hf-lm: give forget and retain together (both load_dataset arguments of "
                               "question/answer records), or neither")
