@@ -118,14 +118,17 @@ def _datasets_offline() -> Iterator[Any]:
     """``datasets`` with Hub access switched off (no implicit network) and no progress bars."""
     import datasets
 
-    saved = datasets.config.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = True
+    flags = [f for f in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(datasets.config, f)]  # new, old name
+    saved = {f: getattr(datasets.config, f) for f in flags}
+    for flag in flags:
+        setattr(datasets.config, flag, True)
     bars = datasets.utils.logging.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
         yield datasets
     finally:
-        datasets.config.HF_HUB_OFFLINE = saved
+        for flag, value in saved.items():
+            setattr(datasets.config, flag, value)
         if bars:
             datasets.enable_progress_bars()
 
