@@ -100,6 +100,16 @@ def explain_parse_error(exc: BaseException, parser) -> str:
         " See `collapsekit run --help`."
 
 
+def _collapsekit_cause(exc: BaseException) -> CollapsekitError | None:
+    """The :class:`CollapsekitError` that ``exc`` (a jsonargparse error) was raised from, if any."""
+    seen: BaseException | None = exc
+    for _ in range(16):
+        if seen is None or isinstance(seen, CollapsekitError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _fmt(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -127,6 +137,9 @@ def load_run_config(argv: Sequence[str]):
     try:
         objects = _instantiate(parser, cfg)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        cause = _collapsekit_cause(exc)
+        if cause is not None:      # a class's own message (e.g. a task's ConfigError), without the union wall
+            raise cause from None
         raise ConfigError(f"invalid config value: {exc}") from None
     run_config = objects.run if isinstance(objects.run, RunConfig) else RunConfig(**vars(objects.run))
     run_config.validate()

