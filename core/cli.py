@@ -28,7 +28,7 @@ commands:
   plugins     list discovered plugins                  (--verbose for hooks, requirements, source)
   tasks       list discovered benchmark tasks
   hooks       print the hook reference                 (--markdown for the README table)
-  bench       run the shared benchmark suite           (--preset cpu|gpu, --perf)
+  bench       run the shared benchmark suite           (--preset smoke|cpu|gpu|gpu-quick, --perf)
   report      redraw the plots of a run or bench directory
   new-plugin  write a ready plugin distribution from the template
 
@@ -313,8 +313,12 @@ def default_jobs() -> int:
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
+    from .bench.runner import GPU_PRESETS, PRESETS
+
     p = argparse.ArgumentParser(prog="collapsekit bench", description="Run the shared benchmark suite.")
-    p.add_argument("--preset", choices=("smoke", "cpu", "gpu"), default="cpu")
+    p.add_argument("--preset", choices=PRESETS, default="cpu",
+                   help="smoke (seconds), cpu (the committed CPU tables), gpu (full), gpu-quick (a GPU slice "
+                        "of minutes: gpu sizes, cut budgets, bf16, one seed)")
     p.add_argument("--tasks", help="comma-separated task names (default: all)")
     p.add_argument("--methods", help="comma-separated methods, combos joined by + (default: each task's)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
@@ -328,7 +332,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
     p.add_argument("--perf", action="store_true", help="run the performance benchmarks instead (PERF.md)")
     args = p.parse_args(argv)
     if args.jobs is None:
-        args.jobs = 1 if args.preset == "gpu" else default_jobs()
+        args.jobs = 1 if args.preset in GPU_PRESETS else default_jobs()
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
 

@@ -20,6 +20,26 @@ from .capabilities import provided_by
 from .pool import Pool
 
 
+QUICK = "gpu-quick"
+"""The GPU slice: every task and mitigation at GPU sizes with budgets cut to minutes."""
+
+
+def quick_budget(steps: int) -> int:
+    """Optimizer steps per generation in ``gpu-quick``: a twentieth of the full budget, 20 to 400."""
+    return max(min(steps, 20), min(steps // 20, 400))
+
+
+def quick_preset(gpu: Mapping[str, Any]) -> dict:
+    """The ``gpu-quick`` slice of a task's ``gpu`` preset (sizes kept, budget cut, bf16, one seed)."""
+    spec = copy.deepcopy(dict(gpu))
+    trainer = dict(spec.get("trainer") or {})
+    if "max_steps" in trainer:
+        trainer["max_steps"] = quick_budget(int(trainer["max_steps"]))
+    trainer.setdefault("precision", "bf16-mixed")
+    spec.update(trainer=trainer, generations=min(int(spec.get("generations", 2)), 2), seeds=[0])
+    return spec
+
+
 class PoolDataset(Dataset):
     """Map-style dataset over a pool's arrays; items are dicts of tensors."""
 
@@ -72,7 +92,13 @@ class Task:
 
     @classmethod
     def preset(cls, name: str) -> dict:
-        """A fresh copy of ``presets[name]``; an unknown name raises ``ValueError`` naming the known ones."""
+        """A fresh copy of ``presets[name]``; an unknown name raises ``ValueError`` naming the known ones.
+
+        ``gpu-quick``, unless the task declares it, is derived from ``gpu``: the same model and data
+        sizes with the step budget cut (:func:`quick_budget`), at most 2 generations, one seed, bf16.
+        """
+        if name == QUICK and name not in cls.presets and "gpu" in cls.presets:
+            return quick_preset(cls.preset("gpu"))
         if name not in cls.presets:
             raise ValueError(f"unknown preset {name!r} for task {cls.name!r}; choose from {sorted(cls.presets)}")
         return copy.deepcopy(dict(cls.presets[name]))

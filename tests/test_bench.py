@@ -235,7 +235,7 @@ def _body(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
 
 
-@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+@pytest.mark.parametrize("preset", ["cpu", "gpu", "gpu-quick"])
 def test_shipped_bench_configs_are_what_the_suite_runs(tmp_path, cli, preset):
     """configs/bench/ holds every planned cell (seed 0) exactly as `bench --write-configs` writes it."""
     from pathlib import Path
@@ -244,11 +244,27 @@ def test_shipped_bench_configs_are_what_the_suite_runs(tmp_path, cli, preset):
     code, out, _ = cli("bench", "--preset", preset, "--write-configs", tmp_path)
     assert code == 0
     written = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
-    shipped = {p.name: p.read_text() for p in shipped_dir.glob(f"*-{preset}*.yaml")}
+    shipped = {p.name: p.read_text() for p in shipped_dir.glob(f"*-{preset}*.yaml")
+               if preset == "gpu-quick" or "-gpu-quick" not in p.name}
     assert len(out.splitlines()) == len(written) > 0
     assert sorted(written) == sorted(shipped), "configs/bench is stale: run collapsekit bench --write-configs"
     for name in written:
         assert _body(written[name]) == _body(shipped[name]), f"configs/bench/{name} is stale"
+
+
+def test_gpu_quick_is_the_gpu_preset_cut_to_minutes():
+    """Every task in gpu-quick: the gpu sizes, bf16 on a GPU accelerator, one seed, at most 2
+    generations and a twentieth of the gpu step budget (20 to 400 steps)."""
+    quick, _ = plan("gpu-quick", progress=False)
+    full = {(c["task"], c["method"]): c for c in plan("gpu", progress=False)[0] if c["seed"] == 0}
+    assert {c["task"] for c in quick} == {t for t, _ in full} and len(quick) == len(full)
+    for cell in quick:
+        gpu = full[(cell["task"], cell["method"])]
+        assert cell["seed"] == 0 and cell["task_args"] == gpu["task_args"]
+        assert cell["trainer"]["precision"] == "bf16-mixed" and cell["trainer"]["accelerator"] == "auto"
+        assert cell["generations"] == min(gpu["generations"], 2)
+        steps, full_steps = cell["trainer"]["max_steps"], gpu["trainer"]["max_steps"]
+        assert steps == max(min(full_steps, 20), min(full_steps // 20, 400))
 
 
 def test_bench_cli_rejects_bad_jobs(cli):

@@ -36,8 +36,9 @@ from ..errors import CollapsekitError, ConfigError, PluginLoadError, PluginNotFo
 from ..fileio import atomic_write_bytes
 from ..quiet import silence_lightning
 
-PRESETS = ("smoke", "cpu", "gpu")
-DEFAULT_SEEDS = {"smoke": (0,), "cpu": (0, 1), "gpu": (0, 1, 2)}
+PRESETS = ("smoke", "cpu", "gpu", "gpu-quick")
+DEFAULT_SEEDS = {"smoke": (0,), "cpu": (0, 1), "gpu": (0, 1, 2), "gpu-quick": (0,)}
+GPU_PRESETS = ("gpu", "gpu-quick")
 BASELINE = "baseline"
 
 
@@ -130,7 +131,7 @@ def task_preset(cls: type, preset: str, overrides: Mapping[str, Mapping] | None,
 
 
 def _trainer_args(preset: str, spec: Mapping) -> dict:
-    base = {"accelerator": "auto" if preset == "gpu" else "cpu", "devices": 1, "enable_progress_bar": False,
+    base = {"accelerator": "auto" if preset in GPU_PRESETS else "cpu", "devices": 1, "enable_progress_bar": False,
             "logger": False, "enable_model_summary": False, "enable_checkpointing": False}
     return {**base, **dict(spec["trainer"])}
 
@@ -389,7 +390,7 @@ def environment(preset: str, jobs: int = 1) -> dict:
 
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    if preset == "gpu" and torch.cuda.is_available():
+    if preset in GPU_PRESETS and torch.cuda.is_available():
         device = f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     else:
         threads = torch.get_num_threads() if jobs == 1 else _threads_per_job(jobs)

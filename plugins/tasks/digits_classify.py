@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from collapsekit.capabilities import HiddenStates, LabelledLogits, Sampler, StepFeatures, TwoViews
+from collapsekit.metrics import CalibrationError
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.tasks.digits import check_split, load_digit_images
 from collapsekit.plugins.sampling import filter_logits
@@ -104,18 +105,11 @@ def cosine_class_variation(features: np.ndarray | torch.Tensor, labels: np.ndarr
 
 def expected_calibration_error(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                                bins: int = 15) -> float:
-    """ECE: sum over equal-width confidence bins of |bin| / N * |accuracy(bin) - confidence(bin)|."""
-    p = torch.as_tensor(np.asarray(probs), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(labels)).long()
-    conf, pred = p.max(1)
-    correct = (pred == y).double()
-    index = (torch.ceil(conf * bins) - 1).clamp(0, bins - 1).long()   # bin b holds (b/bins, (b+1)/bins]
-    total = 0.0
-    for b in range(bins):
-        inside = index == b
-        if inside.any():
-            total += inside.double().mean().item() * abs(correct[inside].mean().item() - conf[inside].mean().item())
-    return total
+    """ECE: sum over equal-width confidence bins of |bin| / N * |accuracy(bin) - confidence(bin)|
+    (through :class:`collapsekit.metrics.CalibrationError`)."""
+    metric = CalibrationError(bins)
+    metric.update(torch.as_tensor(np.asarray(probs)), torch.as_tensor(np.asarray(labels)).long())
+    return float(metric.compute())
 
 
 def shift_images(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from collapsekit.metrics import MeanNLL
 from collapsekit.pool import REAL, Pool
 from collapsekit.capabilities import HiddenStates, Items, Sampler, StepFeatures, TokenSequences
 from collapsekit.task import Task
@@ -136,15 +137,16 @@ class CausalLMTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
     def heldout_nll(self, model: torch.nn.Module) -> float:
         """Mean per-token negative log-likelihood (nats) of the held-out real text."""
         model.eval()
+        device = next(model.parameters()).device
         tokens = torch.as_tensor(self.heldout_tokens)
-        total, count = 0.0, 0
+        metric = MeanNLL().to(device)
         for i in range(0, len(tokens), self.eval_batch_size):
-            chunk = tokens[i:i + self.eval_batch_size]
+            chunk = tokens[i:i + self.eval_batch_size].to(device)
             logits = self.forward(model, chunk).logits
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
-                                     reduction="sum").item()
-            count += chunk[:, 1:].numel()
-        return total / count
+            labels = chunk[:, 1:]
+            metric.update(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"),
+                          labels.numel())
+        return float(metric.compute())
 
     @torch.no_grad()
     def heldout_features(self, model: torch.nn.Module, limit: int = 512) -> torch.Tensor:
