@@ -12,8 +12,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import CollapsekitError
 from .capabilities import check_requirements
+from .distributed import barrier, process_rank, world
+from .errors import CollapsekitError
 from .fileio import atomic_write_bytes, atomic_write_json
 from .pool import Pool
 from .run import Run
@@ -89,57 +90,29 @@ SHARD_SIZE = 4096
 synthetic pool does not depend on how many DDP ranks shared the work."""
 
 
-def process_rank() -> int:
-    """Global rank of this process (0 when not distributed), also before the process group exists."""
-    import os
-
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"])
-    return int(os.environ.get("NODE_RANK", 0) or 0) * 1000 + int(os.environ.get("LOCAL_RANK", 0) or 0)
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def synthesize_shards(run: Run, model: torch.nn.Module, generation: int) -> Pool:
     """Call ``synthesize`` once per shard; ranks take shards round-robin; all ranks get every item.
 
     Shard ``s`` gets a :class:`~collapsekit.run.SynthesisRequest` of its size whose generator is
     seeded by ``(seed, g, "synthesize/shard<s>")``; shards are joined in order.
     """
-    rank, world = _world()
+    rank, size = world()
     total = run.samples_per_generation
     shards = [(s, min(SHARD_SIZE, total - s * SHARD_SIZE)) for s in range(-(-total // SHARD_SIZE))]
     mine: dict[int, dict[str, np.ndarray]] = {}
-    for shard, size in shards[rank::world]:
+    for shard, n in shards[rank::size]:
         torch.manual_seed(derive_seed(run.seed, generation, f"synthesize-global/shard{shard}"))
-        request = run.synthesis_request(generation, shard, start=shard * SHARD_SIZE, size=size)
+        request = run.synthesis_request(generation, shard, start=shard * SHARD_SIZE, size=n)
         _, arrays = run.hooks.first("synthesize", run=run, model=model, generation=generation, request=request)
         if arrays is None:
             raise CollapsekitError("no synthesize plugin returned samples; is the built-in 'ancestral' disabled?")
         if isinstance(arrays, Pool):
             arrays = arrays.arrays
         mine[shard] = {k: np.asarray(v) for k, v in arrays.items()}
-    if world > 1:
+    if size > 1:
         import torch.distributed as dist
 
-        gathered: list = [None] * world
+        gathered: list = [None] * size
         dist.all_gather_object(gathered, mine)
         mine = {s: a for part in gathered for s, a in part.items()}
     keys = sorted(mine[0])
@@ -182,7 +155,7 @@ def run_generation(run: Run, generation: int, make_trainer: TrainerFactory) -> d
     samples = synthesize_shards(run, model, generation)
     if lead:
         metrics = _store_and_measure(run, generation, module, pool, samples, model_files)
-    _barrier()
+    barrier()
     return metrics if lead else run.metrics_of(generation)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import yaml
 
+from .distributed import process_rank
 from .errors import ConfigError, RunStateError
 from .fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from .pool import Pool, PoolHistory
@@ -258,8 +259,6 @@ class Run:
     @property
     def is_lead(self) -> bool:
         """True in the process that writes run files (global rank 0)."""
-        from .loop import process_rank
-
         return process_rank() == 0
 
     def verify(self, generation: int, only: list[str] | None = None) -> None:
