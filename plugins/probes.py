@@ -94,3 +94,14 @@ class CollapseProbes:
     @hookimpl(trylast=True)
     def metrics(self, run, model, generation):
         return run.task.evaluate(model, run.synthetic(generation))
+
+
+def repetition(rows: np.ndarray, n: int = 4, ignore: int | None = None) -> float:
+    """Mean over rows of ``1 - distinct n-grams / n-grams`` within the row (0 = no repeated n-gram)."""
+    shares = []
+    for row in np.asarray(rows):
+        counts = ngrams(row[None, :], n, ignore)
+        total = sum(counts.values())
+        if total:
+            shares.append(1.0 - len(counts) / total)
+    return float(np.mean(shares)) if shares else 0.0

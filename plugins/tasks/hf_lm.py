@@ -78,143 +78,16 @@ from collapsekit.capabilities import (ForgetRetain, HiddenStates, Sampler, StepF
                                       TokenSequences)
 from collapsekit.errors import ConfigError
 from collapsekit.fileio import atomic_write_bytes
-from collapsekit.plugins.probes import distinct_n, effective_rank, ngrams, tail_coverage
+from collapsekit.metrics import MeanNLL
+from collapsekit.plugins.probes import distinct_n, effective_rank, repetition, tail_coverage
 from collapsekit.plugins.sampling import sample_tokens
+from collapsekit.plugins.tasks.hf_data import (byte_tokenizer, carve, column, load_hf, load_records, pack_blocks,
+                                              quiet_transformers)
 from collapsekit.pool import REAL, Pool
 from collapsekit.task import Task
 
 SAMPLER_KEYS = ("temperature", "top_k", "top_p")
 GENERATE_KEYS = ("num_beams", "repetition_penalty", "no_repeat_ngram_size")
-HOW_TO_PROVIDE = ("collapsekit never downloads: pre-download it once on a machine with network "
-                  "(`hf download {name}` puts it in the Hugging Face cache, where it is then found by id) or "
-                  "save it to a directory (`.save_pretrained(dir)`) and give that directory")
-
-
-# -- loading, offline ---------------------------------------------------------------
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def _load_hf(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
-    """``loader(name, local_files_only=True, **kwargs)``; a missing or unreadable ``name`` is one ConfigError."""
-    _quiet_transformers()
-    try:
-        return loader(name, local_files_only=True, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        if Path(str(name)).expanduser().is_dir():
-            raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: the directory has no loadable {what} "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-        if str(name).startswith(("/", ".", "~")) or str(name).count("/") > 1:
-            raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: no such directory") from None
-        raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: it is not a local directory and not in the "
-                          f"local Hugging Face cache; {HOW_TO_PROVIDE.format(name=name)}") from None
-
-
-@contextlib.contextmanager
-def _datasets_offline() -> Iterator[Any]:
-    """``datasets`` with Hub access switched off (no implicit network) and no progress bars."""
-    import datasets
-
-    flags = [f for f in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(datasets.config, f)]  # new, old name
-    saved = {f: getattr(datasets.config, f) for f in flags}
-    for flag in flags:
-        setattr(datasets.config, flag, True)
-    bars = datasets.utils.logging.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield datasets
-    finally:
-        for flag, value in saved.items():
-            setattr(datasets.config, flag, value)
-        if bars:
-            datasets.enable_progress_bars()
-
-
-def load_records(spec: Mapping[str, Any], what: str) -> Any:
-    """The ``datasets.Dataset`` of ``load_dataset(**spec)`` (its ``train`` split, or its only one, when
-    ``spec`` names no split); anything unavailable offline is one ConfigError naming ``what``."""
-    if not isinstance(spec, Mapping) or "path" not in spec:
-        raise ConfigError(f"hf-lm: {what} must be a dict of datasets.load_dataset arguments with at least "
-                          f"'path' (e.g. {{path: json, data_files: corpus.jsonl}}), got {spec!r}")
-    with _datasets_offline() as datasets:
-        try:
-            loaded = datasets.load_dataset(**dict(spec))
-        except Exception as exc:  # noqa: BLE001 - datasets raises many types; each becomes one message
-            raise ConfigError(
-                f"hf-lm: cannot load {what} {dict(spec)} offline ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]}). collapsekit never downloads: give local files (e.g. "
-                f"{{path: json, data_files: corpus.jsonl}}), or load the dataset once on a machine with network "
-                f"(datasets.load_dataset(...) fills the datasets cache, where it is then found)") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" in loaded or len(loaded) == 1:
-            return loaded["train" if "train" in loaded else next(iter(loaded))]
-        raise ConfigError(f"hf-lm: {what} {dict(spec)} has splits {list(loaded)}; choose one with split: <name>")
-    return loaded
-
-
-def column(records: Any, key: str, what: str, option: str) -> list[str]:
-    """The string column ``key`` of ``records``; a missing key names the available columns."""
-    if key not in records.column_names:
-        raise ConfigError(f"hf-lm: {what} has no column {key!r} (set {option}); its columns are "
-                          f"{records.column_names}")
-    return ["" if v is None else str(v) for v in records[key]]
-
-
-# -- byte-level tokenizer -------------------------------------------------------------
-def _byte_chars() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map (what ``ByteLevel`` pre-tokenizers use)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = dict(zip(keep, map(chr, keep))), 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
-
-
-def byte_tokenizer() -> Any:
-    """A ``PreTrainedTokenizerFast`` whose ids 0..255 are the UTF-8 bytes and 256 is ``<bos>`` (also EOS, pad)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = _byte_chars()
-    backend = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(["<bos>"])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<bos>",
-                                   pad_token="<bos>")
-
-
-# -- data helpers -------------------------------------------------------------------
-def pack_blocks(ids: np.ndarray, block_size: int) -> np.ndarray:
-    """Non-overlapping ``block_size`` windows of the token stream ``ids`` [n, block_size] (remainder dropped)."""
-    n = len(ids) // block_size
-    return np.asarray(ids[: n * block_size], dtype=np.int64).reshape(n, block_size)
-
-
-def carve(n: int, share: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(kept, held-out)`` sorted indices of ``n`` documents: ``round(share * n)`` held out by a fixed permutation."""
-    k = int(round(share * n))
-    if not 0 < share < 1 or not 1 <= k < n:
-        raise ConfigError(f"hf-lm: heldout={share} of {n} documents leaves no held-out or no training document; "
-                          f"give a share in (0, 1) that holds out at least one of them, or heldout as a dataset")
-    order = np.random.default_rng(0).permutation(n)
-    return np.sort(order[k:]), np.sort(order[:k])
-
-
-def repetition(rows: np.ndarray, n: int = 4, ignore: int | None = None) -> float:
-    """Mean over rows of ``1 - distinct n-grams / n-grams`` within the row (0 = no repeated n-gram)."""
-    shares = []
-    for row in np.asarray(rows):
-        counts = ngrams(row[None, :], n, ignore)
-        total = sum(counts.values())
-        if total:
-            shares.append(1.0 - len(counts) / total)
-    return float(np.mean(shares)) if shares else 0.0
 
 
 @contextlib.contextmanager
@@ -387,7 +260,7 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         from transformers import AutoConfig, AutoTokenizer
 
         if model is not None:
-            self.model_config = _load_hf(AutoConfig.from_pretrained, model, "model")
+            self.model_config = load_hf(AutoConfig.from_pretrained, model, "model")
         elif isinstance(config, Mapping):
             fields = dict(config)
             if "model_type" not in fields:
@@ -398,17 +271,17 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
             except (ValueError, TypeError, KeyError) as exc:
                 raise ConfigError(f"hf-lm: invalid config {fields}: {exc}") from None
         else:
-            self.model_config = _load_hf(AutoConfig.from_pretrained, config, "config")
+            self.model_config = load_hf(AutoConfig.from_pretrained, config, "config")
         source = tokenizer or model or (config if isinstance(config, str) else None)
         if tokenizer is None and model is None:
             try:                                    # a config id / directory may ship a tokenizer
-                self.tokenizer = _load_hf(AutoTokenizer.from_pretrained, source, "tokenizer") if source else None
+                self.tokenizer = load_hf(AutoTokenizer.from_pretrained, source, "tokenizer") if source else None
             except ConfigError:
                 self.tokenizer = None
             self.byte_level = self.tokenizer is None      # encoded straight from UTF-8 bytes (fast path)
             self.tokenizer = self.tokenizer or byte_tokenizer()
         else:
-            self.tokenizer = _load_hf(AutoTokenizer.from_pretrained, source, "tokenizer")
+            self.tokenizer = load_hf(AutoTokenizer.from_pretrained, source, "tokenizer")
             self.byte_level = False
         tok = self.tokenizer
         self.bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -585,9 +458,9 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         """Pretrained weights freshly loaded (``model``), or a fresh init of ``config`` (seeded by the engine)."""
         from transformers import AutoModelForCausalLM
 
-        _quiet_transformers()
+        quiet_transformers()
         if self.model_name is not None:
-            model = _load_hf(AutoModelForCausalLM.from_pretrained, self.model_name, "model", dtype=self.dtype)
+            model = load_hf(AutoModelForCausalLM.from_pretrained, self.model_name, "model", dtype=self.dtype)
         else:
             model = AutoModelForCausalLM.from_config(self.model_config)
         return self._prepare(model)
@@ -613,7 +486,7 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         target = directory / "model"
         if target.exists():
             shutil.rmtree(target)
-        _quiet_transformers()
+        quiet_transformers()
         plain = copy.deepcopy(model).merge_and_unload() if self.lora is not None else model
         plain.save_pretrained(target)
         self.tokenizer.save_pretrained(target)
@@ -624,7 +497,7 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         from transformers import AutoModelForCausalLM
 
         path = Path(directory) / "model"
-        return self._prepare(_load_hf(AutoModelForCausalLM.from_pretrained, str(path), "model", dtype=self.dtype))
+        return self._prepare(load_hf(AutoModelForCausalLM.from_pretrained, str(path), "model", dtype=self.dtype))
 
     def write_samples(self, samples: Pool, directory: Path) -> list[str]:
         """``samples.jsonl``: one ``{"text", "origin_generation", "origin_index"}`` line per sample."""
@@ -727,15 +600,15 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
     # -- probes -------------------------------------------------------------------------
     def heldout_nll(self, model: torch.nn.Module) -> float:
         """Mean per-token NLL (nats) of the held-out blocks."""
-        total, count = 0.0, 0
+        metric = MeanNLL()
         with evaluating(model):
             for i in range(0, len(self.heldout_tokens), self.eval_batch_size):
                 chunk = torch.as_tensor(self.heldout_tokens[i:i + self.eval_batch_size])
                 logits = self.forward(model, chunk).logits.float()
                 labels = chunk[:, 1:].to(logits.device)
-                total += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").item()
-                count += labels.numel()
-        return total / count
+                metric = metric.to(logits.device)
+                metric.update(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum"), labels.numel())
+        return float(metric.compute())
 
     def heldout_rank(self, model: torch.nn.Module, limit: int = 256) -> float:
         """Effective rank of the mean-pooled last hidden state of up to ``limit`` held-out blocks."""

@@ -13,7 +13,8 @@ import yaml
 
 from collapsekit.errors import ConfigError
 from collapsekit.plugins.tasks.bible_lm import book_text
-from collapsekit.plugins.tasks.hf_lm import HFCausalLM, repetition
+from collapsekit.plugins.probes import repetition
+from collapsekit.plugins.tasks.hf_lm import HFCausalLM
 from collapsekit.pool import Pool
 
 CLASS_PATH = "collapsekit.plugins.tasks.hf_lm.HFCausalLM"
