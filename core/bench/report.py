@@ -1,8 +1,8 @@
 """Plots and tables: metric-vs-generation plots of a run, and rendering of a bench's ``results.json``.
 
 :func:`report` accepts either a run directory (``gen_<k>/metrics.json``; writes
-``plots/metrics.png`` and, when the task declares a ``headline``,
-``plots/headline.png``) or a bench directory (``results.json``; writes
+``plots/metrics.png``, when the task declares a ``headline``, ``plots/headline.png``, and when
+generations wrote ``samples.jsonl``, ``plots/samples.md`` with a few texts of each) or a bench directory (``results.json``; writes
 ``RESULTS.md`` and ``plots/<task>.png``). Plots use matplotlib's Agg renderer
 through the object API (no pyplot state is touched).
 """
@@ -125,6 +125,32 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig.savefig(path, dpi=100)
         written.append(path)
     return written
+
+
+def sample_texts(run_dir: str | Path, per_generation: int = 3, width: int = 300) -> list[Path]:
+    """``plots/samples.md``: the first ``per_generation`` synthetic texts of every finished generation
+    (from ``samples.jsonl``, written by text tasks such as hf-lm), each cut to ``width`` characters,
+    beside links to the plots; ``[]`` when no generation has samples."""
+    import json
+
+    run_dir = Path(run_dir)
+    sections = []
+    for g in range(finished_generations(run_dir)):
+        path = run_dir / f"gen_{g}" / "samples.jsonl"
+        if not path.is_file():
+            continue
+        with path.open() as lines:
+            rows = [json.loads(line) for _, line in zip(range(per_generation), lines)]
+        shown = "\n\n".join("> " + " ".join(str(r.get("text", "")).split())[:width] for r in rows)
+        sections.append(f"## generation {g}\n\n{shown}\n")
+    if not sections:
+        return []
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    plots = "".join(f"![{p.stem}]({p.name})\n" for p in sorted(out.glob("*.png")))
+    page = out / "samples.md"
+    page.write_text(f"# {run_dir.name}: samples per generation\n\n{plots}\n" + "\n".join(sections))
+    return [page]
 
 
 # -- bench results -------------------------------------------------------------------------------
@@ -307,6 +333,6 @@ def report(run_dir: str | Path) -> list[Path]:
     if (path / "results.json").is_file():
         return render_bench(path)
     if (path / "gen_0").is_dir():
-        return plot_run(path)
+        return plot_run(path) + sample_texts(path)
     raise CollapsekitError(f"{path} is neither a run directory (gen_0/) nor a bench directory (results.json); "
                            "pass runs/<name> or the --out folder of `collapsekit bench`")

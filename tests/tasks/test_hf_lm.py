@@ -112,6 +112,13 @@ def test_two_generations_write_loadable_models_and_samples(cli, tmp_path, assets
     assert m1["pool/real_share"] == pytest.approx(48 / 72 if plugins == ["accumulate"] else 0.0)  # 48 real + 24
     if plugins == ["token-editing"]:
         assert "token_editing/share_changed" in m1
+    # `collapsekit report` shows the first texts of every generation beside the plots
+    code, out, _ = cli("report", str(run_dir))
+    page = (run_dir / "plots" / "samples.md").read_text()
+    assert code == 0 and "samples.md" in out
+    assert "## generation 0" in page and "## generation 1" in page and "![metrics](metrics.png)" in page
+    first = " ".join(lines[0]["text"].split())[:300]
+    assert f"> {first}" in page
 
 
 def test_resume_after_one_generation_matches_a_fresh_run(cli, tmp_path, assets):
