@@ -223,10 +223,10 @@ def test_perf_smoke_writes_every_section(tmp_path):
 
     result = run_perf(tmp_path, smoke=True)
     text = (tmp_path / "PERF.md").read_text()
-    for title in ("Engine overhead", "Plugin dispatch", "Synthesis throughput", "NPO", "Token editing",
-                  "Time and memory per generation"):
+    for title in ("Engine overhead", "Plugin dispatch", "Synthesis throughput (GPT-2)", "Synthesis throughput (Llama)",
+                  "NPO", "Token editing", "Time and memory per generation"):
         assert f"## {title}" in text, title
-    assert len(result["sections"]) == 6
+    assert len(result["sections"]) == 7
     assert json.loads((tmp_path / "perf.json").read_text())["sections"][0]["title"].startswith("Engine")
     assert "max |weight difference| between the two trained models = 0" in text   # the same steps
 

@@ -290,13 +290,26 @@ def plugin_dispatch(cfg: dict, root: Path) -> Section:
 
 
 # -- 3. synthesis throughput --------------------------------------------------------------------------
-def synthesis_throughput(cfg: dict, model: torch.nn.Module, task) -> Section:
+def llama_like(task) -> torch.nn.Module:
+    """A randomly initialised Llama of the size of the perf task's GPT-2 (another architecture for the
+    sampler: rotary positions, RMSNorm, gated MLP, grouped attention)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=task.vocab_size + 1, hidden_size=task.n_embd, intermediate_size=4 * task.n_embd,
+                         num_hidden_layers=task.n_layer, num_attention_heads=task.n_head,
+                         num_key_value_heads=task.n_head, max_position_embeddings=task.seq_len + 1,
+                         bos_token_id=task.bos_id, eos_token_id=task.bos_id)
+    return LlamaForCausalLM(config)
+
+
+def synthesis_throughput(cfg: dict, model: torch.nn.Module, task, architecture: str = "GPT-2") -> Section:
     from collapsekit.plugins.sampling import sample_tokens
 
     model.eval()
     n, length, bos = cfg["sample_n"], task.seq_len, task.bos_id
     prompts = torch.full((n, 1), bos, dtype=torch.long)
-    section = Section("Synthesis throughput: built-in sampler vs transformers generate", ">= 1.0x")
+    section = Section(f"Synthesis throughput ({architecture}): built-in sampler vs transformers generate", ">= 1.0x")
     ratios = []
     for bs in cfg["batch_sizes"]:
         def ours() -> float:
@@ -566,12 +579,13 @@ def run_perf(out: str | Path = "bench", smoke: bool = False) -> dict:
         def measured(section: Section) -> None:
             sections.append(section)
             result = section.skipped or (f"{section.ratio:.3f}x" if section.ratio is not None else "measured")
-            print(f"collapsekit perf [{len(sections)}/6] {section.title}: {result}", flush=True)
+            print(f"collapsekit perf [{len(sections)}/7] {section.title}: {result}", flush=True)
 
         overhead, model = engine_overhead(cfg, root)
         measured(overhead)
         measured(plugin_dispatch(cfg, root))
         measured(synthesis_throughput(cfg, model, _task(cfg["task"])))
+        measured(synthesis_throughput(cfg, llama_like(_task(cfg["task"])), _task(cfg["task"]), "Llama"))
         measured(npo_cache(cfg, root))
         measured(editing_vs_ancestral(cfg, root, model))
         measured(pool_growth(cfg, root))
