@@ -230,18 +230,22 @@ def train_evaluator(images: np.ndarray, labels: np.ndarray, num_classes: int, se
 
 
 class FeatureNet(nn.Module):
-    """The evaluator's features divided by ``scale`` as a torchmetrics feature extractor: images
-    ``[B, C, H, W]`` -> ``[B, D]`` float64. The task sets ``scale`` to the standard deviation of the
-    held-out real features (all entries), so that KID's polynomial kernel ``(x.y / D + 1)^3`` sees
-    features of unit scale, as with Inception features."""
+    """The evaluator's features, standardised, as a torchmetrics feature extractor: images
+    ``[B, C, H, W]`` -> ``(features - shift) / scale`` ``[B, D]`` float64. The task sets ``shift`` to the
+    mean and ``scale`` to the standard deviation (over all entries) of the held-out real features, so
+    that KID's polynomial kernel ``(x.y / D + 1)^3`` sees centred features of unit scale. FID is
+    unchanged by the shift and divided by ``scale^2``."""
 
-    def __init__(self, evaluator: nn.Module, num_features: int, scale: float = 1.0) -> None:
+    def __init__(self, evaluator: nn.Module, num_features: int, shift: torch.Tensor | None = None,
+                 scale: float = 1.0) -> None:
         super().__init__()
         self.evaluator, self.num_features, self.scale = evaluator, num_features, float(scale)
+        self.register_buffer("shift", torch.zeros(num_features, dtype=torch.float64) if shift is None
+                             else torch.as_tensor(shift, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.evaluator(x)
-        return (out[1] if isinstance(out, tuple) else out).double() / self.scale
+        return ((out[1] if isinstance(out, tuple) else out).double() - self.shift) / self.scale
 
 
 class InceptionFeatures(nn.Module):
@@ -637,9 +641,9 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures)
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        real_features = self.evaluate_images(self.heldout_x)[1]
+        real_features = self.evaluate_images(self.heldout_x)[1].double()
         scale = float(real_features.std()) or 1.0
-        net = FeatureNet(self.evaluator, int(self.evaluator.num_features), scale)
+        net = FeatureNet(self.evaluator, int(self.evaluator.num_features), real_features.mean(0), scale)
         fid = FrechetInceptionDistance(feature=net, reset_real_features=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
