@@ -96,3 +96,18 @@ def test_generation_zero_and_random_control(tmp_path):
 def test_bad_budget_is_a_clear_error():
     with pytest.raises(ValueError, match="budget"):
         LatentFilterAccumulated(budget=0)
+
+
+def smoke_task():
+    from collapsekit.plugins.tasks.digits_diffusion import DigitsDiffusion
+
+    return DigitsDiffusion(**DigitsDiffusion.preset("smoke")["task"])
+
+
+from collapsekit.testing import PluginConformance  # noqa: E402
+
+
+class TestLatentFilterAccumulatedConformance(PluginConformance):
+    plugin_name = "latent-filter-accumulated"
+    plugin_args = {"scorer": "probe"}
+    task_factory = staticmethod(smoke_task)
