@@ -728,7 +728,7 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures)
 
     # -- files --------------------------------------------------------------------------------------
     def write_samples(self, samples: Pool, directory: Path) -> list[str]:
-        """``samples.png``: a grid of up to 100 samples (sorted by label, 10 per row)."""
+        """``samples.png``: a grid of up to 100 samples, up to 10 per label, one row per label (:func:`image_grid`)."""
         if len(samples) == 0:
             return []
         path = Path(directory) / "samples.png"
@@ -763,11 +763,15 @@ def make_scheduler(config: Mapping[str, Any] | None):
 
 
 def image_grid(images: np.ndarray, labels: np.ndarray, limit: int = 100, columns: int = 10, min_side: int = 32):
-    """A PIL image of up to ``limit`` images ``[N, C, H, W]`` in [-1, 1], sorted by label (stable),
-    ``columns`` per row, each upscaled (nearest) to at least ``min_side`` pixels, 2 px gaps."""
+    """A PIL image of up to ``limit`` images ``[N, C, H, W]`` in [-1, 1]: the first
+    ``k = min(columns, limit // classes)`` items of each label, by label (so with at most
+    ``limit // columns`` classes each row is one class), ``columns`` per row, each upscaled (nearest)
+    to at least ``min_side`` pixels, 2 px gaps."""
     from PIL import Image
 
-    order = np.argsort(labels, kind="stable")[:limit]
+    classes = np.unique(labels)
+    k = max(1, min(columns, limit // max(1, len(classes))))
+    order = np.concatenate([np.flatnonzero(labels == c)[:k] for c in classes])[:limit]
     tiles = ((np.clip(images[order], -1, 1) + 1) * 127.5).round().astype(np.uint8)
     n, c, h, w = tiles.shape
     scale = max(1, -(-min_side // max(h, w)))

@@ -185,6 +185,11 @@ def test_image_grid_sorts_by_label():
     grid = np.asarray(image_grid(images, np.array([2, 0, 1]), min_side=4, columns=3))
     assert grid.shape == (8, 3 * 6 + 2)
     assert grid[2, 2] == 0 and grid[2, 8] == 128 and grid[2, 14] == 255
+    # ten classes of 30 items each: one row per class, ten per row
+    many = np.stack([np.full((1, 2, 2), c / 10, np.float32) for c in range(10) for _ in range(30)])
+    grid = np.asarray(image_grid(many, np.repeat(np.arange(10), 30), min_side=2))
+    assert grid.shape == (10 * 4 + 2, 10 * 4 + 2)
+    assert [grid[2 + 4 * r, 2 + 4 * c] for r in (0, 9) for c in (0, 9)] == [128, 128, 242, 242]
 
 
 # -- real runs ----------------------------------------------------------------------------------------------
