@@ -288,6 +288,8 @@ def test_presets_and_configs():
     gpu.size, gpu.channels, gpu.num_classes = 32, 1, 10          # the 32x32 stand-in, without loading it
     assert gpu.resolved_unet_config()["block_out_channels"] == [128, 128, 256, 256, 512, 512]
     assert set(ImageDiffusion.headline) <= set(ImageDiffusion.higher_is_better)
-    config = yaml.safe_load((CONFIGS / "image-diffusion.yaml").read_text())
-    assert config["task"]["class_path"] == "collapsekit.plugins.tasks.image_diffusion.ImageDiffusion"
-    ImageDiffusion(**{k: v for k, v in config["task"]["init_args"].items()})
+    for path in sorted(CONFIGS.glob("image-diffusion*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        assert config["task"]["class_path"] == "collapsekit.plugins.tasks.image_diffusion.ImageDiffusion"
+        assert {"name", "generations", "plugins"} <= set(config["run"])
+        ImageDiffusion(**config["task"]["init_args"])
