@@ -272,6 +272,18 @@ def test_config_errors_are_clear():
         ImageDiffusion(model="dit")
 
 
+def test_inception_path_errors(tmp_path):
+    with pytest.raises(CollapsekitError, match="is not a file"):
+        _setup(inception_path=str(tmp_path / "missing.pth"))
+    weights = tmp_path / "pt_inception.pth"
+    weights.write_bytes(b"")
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        with pytest.raises(CollapsekitError, match="torch-fidelity"):
+            _setup(inception_path=str(weights))
+
+
 def test_config_error_stops_a_run_before_training(tmp_path):
     with pytest.raises(CollapsekitError, match="in_channels"):
         run_method(tmp_path, "bad", [], tiny(unet={**TINY_UNET, "in_channels": 3}))
