@@ -475,6 +475,9 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures)
             config[key] = value
         if not self.conditional and self.unet_config.get("num_class_embeds"):
             raise _error("unet.num_class_embeds is set but the data are unlabelled (label_key: null)")
+        if config.get("mid_block_type", "UNetMidBlock2D") is None:
+            raise _error("unet.mid_block_type is null, but the step features and encode() latents are read "
+                         "from the UNet's mid block; keep a mid block")
         levels = len(config["block_out_channels"])
         if len(config["down_block_types"]) != levels or len(config["up_block_types"]) != levels:
             raise _error(f"unet needs one down and one up block per entry of block_out_channels ({levels}), "

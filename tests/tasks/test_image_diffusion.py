@@ -262,6 +262,8 @@ def test_config_errors_are_clear():
     with pytest.raises(CollapsekitError, match="halves the image"):
         _setup(resolution=6, unet={**TINY_UNET, "block_out_channels": [8, 16, 16],
                                    "down_block_types": ["DownBlock2D"] * 3, "up_block_types": ["UpBlock2D"] * 3})
+    with pytest.raises(CollapsekitError, match="mid block"):
+        _setup(unet={**TINY_UNET, "mid_block_type": None})
     with pytest.raises(ValueError, match="unknown scheduler 'EulerScheduler'"):
         ImageDiffusion(scheduler={"class_name": "EulerScheduler"})
     with pytest.raises(ValueError, match="unknown DDPMScheduler settings"):
