@@ -1,8 +1,9 @@
 """Plots and tables: metric-vs-generation plots of a run, and rendering of a bench's ``results.json``.
 
 :func:`report` accepts either a run directory (``gen_<k>/metrics.json``; writes
-``plots/metrics.png``, when the task declares a ``headline``, ``plots/headline.png``, and when
-generations wrote ``samples.jsonl``, ``plots/samples.md`` with a few texts of each) or a bench directory (``results.json``; writes
+``plots/metrics.png``, when the task declares a ``headline``, ``plots/headline.png``, when
+generations wrote ``samples.png``, ``plots/samples.png`` of them side by side, and when they wrote
+``samples.jsonl``, ``plots/samples.md`` with a few texts of each) or a bench directory (``results.json``; writes
 ``RESULTS.md`` and ``plots/<task>.png``). Plots use matplotlib's Agg renderer
 through the object API (no pyplot state is touched).
 """
@@ -125,6 +126,32 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig.savefig(path, dpi=100)
         written.append(path)
     return written
+
+
+def plot_sample_grids(run_dir: str | Path) -> list[Path]:
+    """``plots/samples.png``: the ``samples.png`` of every finished generation side by side, titled by
+    generation (written by tasks such as image-diffusion); ``[]`` when no generation has one."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    run_dir = Path(run_dir)
+    grids = [(g, run_dir / f"gen_{g}" / "samples.png") for g in range(finished_generations(run_dir))]
+    grids = [(g, p) for g, p in grids if p.is_file()]
+    if not grids:
+        return []
+    fig = Figure(figsize=(3.2 * len(grids), 3.6))
+    for i, (g, p) in enumerate(grids):
+        ax = fig.add_subplot(1, len(grids), i + 1)
+        with Image.open(p) as image:
+            ax.imshow(image.convert("RGB"), interpolation="nearest")
+        ax.set_title(f"generation {g}", fontsize=10)
+        ax.axis("off")
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    fig.savefig(out / "samples.png", dpi=100)
+    return [out / "samples.png"]
 
 
 def sample_texts(run_dir: str | Path, per_generation: int = 3, width: int = 300) -> list[Path]:
@@ -333,6 +360,6 @@ def report(run_dir: str | Path) -> list[Path]:
     if (path / "results.json").is_file():
         return render_bench(path)
     if (path / "gen_0").is_dir():
-        return plot_run(path) + sample_texts(path)
+        return plot_run(path) + plot_sample_grids(path) + sample_texts(path)
     raise CollapsekitError(f"{path} is neither a run directory (gen_0/) nor a bench directory (results.json); "
                            "pass runs/<name> or the --out folder of `collapsekit bench`")

@@ -139,25 +139,25 @@ def ole_objective(features: np.ndarray | torch.Tensor, labels: np.ndarray | torc
 
 # -- models --------------------------------------------------------------------------------------
 class Denoiser(nn.Module):
-    """Class-conditional noise predictor ``eps(x_t, t, y)`` for 64-dimensional images.
+    """Class-conditional noise predictor ``eps(x_t, t, y)`` for ``dim``-dimensional (flattened) images.
 
     ``h = W_in x``; per block ``h = h + W_k silu(h + c)`` with ``c = time(t) + label(y)``;
     output ``W_out silu(h)``. Label ``num_classes`` is the null (unconditional) label.
     """
 
     def __init__(self, hidden: int = 256, depth: int = 2, time_dim: int = 64,
-                 num_classes: int = NUM_CLASSES) -> None:
+                 num_classes: int = NUM_CLASSES, dim: int = DIM) -> None:
         super().__init__()
         self.time_dim, self.num_classes = time_dim, num_classes
-        self.inp = nn.Linear(DIM, hidden)
+        self.inp = nn.Linear(dim, hidden)
         self.time = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.label = nn.Embedding(num_classes + 1, hidden)
         self.blocks = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(depth)])
-        self.out = nn.Linear(hidden, DIM)
+        self.out = nn.Linear(hidden, dim)
 
     def forward_features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(eps prediction [B, 64], last hidden layer [B, hidden])``."""
+        """``(eps prediction [B, dim], last hidden layer [B, hidden])``."""
         c = self.time(timestep_embedding(t, self.time_dim)) + self.label(y)
         h = self.inp(x)
         for block in self.blocks:

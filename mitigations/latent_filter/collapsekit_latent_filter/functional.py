@@ -188,3 +188,20 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 def l2_normalize(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Rows of ``z`` [N, D] scaled to unit Euclidean norm (rows of zeros stay zero)."""
     return z / z.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+# -- the paper's selection over the accumulated pool --------------------------------------------------
+def split_budget(budget: int, n_real: int, n_synthetic: int) -> tuple[int, int]:
+    """``(real items, synthetic items)`` of a training pool of ``budget`` items drawn from ``n_real`` real
+    and ``n_synthetic`` accumulated synthetic items with the real share they have in the accumulated
+    pool: ``r = min(n_real, round(budget * n_real / (n_real + n_synthetic)))`` real items (the expected
+    count under a uniform draw, as accumulate-subsample makes), then ``min(n_synthetic, budget - r)``
+    synthetic ones (and more real ones if the synthetic items run out)."""
+    if budget < 0 or n_real < 0 or n_synthetic < 0:
+        raise ValueError(f"split_budget needs non-negative counts, got {budget}, {n_real}, {n_synthetic}")
+    total = n_real + n_synthetic
+    if total == 0:
+        return 0, 0
+    r = min(n_real, int(budget * n_real / total + 0.5))
+    s = min(n_synthetic, budget - r)
+    return min(n_real, budget - s), s
