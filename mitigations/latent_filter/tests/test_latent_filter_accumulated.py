@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from collapsekit.capabilities import Items
 from collapsekit.pool import REAL, Pool
 from collapsekit.seeds import numpy_rng
 from collapsekit_latent_filter.accumulated import LatentFilterAccumulated
 from collapsekit_latent_filter.functional import split_budget
 
 
-class Blobs:
+class Blobs(Items):
     """Two labelled Gaussian blobs in 2-D: class 0 near (-3, 0), class 1 near (3, 0)."""
 
     name = "blobs"
