@@ -137,7 +137,7 @@ def test_checked_in_bench_configs_match_the_presets(preset):
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "bench"
     spec = BibleLM.preset(preset)
-    files = sorted(folder.glob(f"bible-lm-{preset}*.yaml"))
+    files = sorted(p for p in folder.glob(f"bible-lm-{preset}*.yaml") if preset == "gpu-quick" or "-gpu-quick" not in p.name)
     assert len(files) == len(BibleLM.bench_methods)
     for path in files:
         config = yaml.safe_load(path.read_text())

@@ -600,7 +600,7 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
     # -- probes -------------------------------------------------------------------------
     def heldout_nll(self, model: torch.nn.Module) -> float:
         """Mean per-token NLL (nats) of the held-out blocks."""
-        metric = MeanNLL()
+        metric = MeanNLL(sync_on_compute=False)     # the probes run in one process
         with evaluating(model):
             for i in range(0, len(self.heldout_tokens), self.eval_batch_size):
                 chunk = torch.as_tensor(self.heldout_tokens[i:i + self.eval_batch_size])

@@ -654,11 +654,12 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures)
         real_features = self.evaluate_images(self.heldout_x)[1].double()
         scale = float(real_features.std()) or 1.0
         net = FeatureNet(self.evaluator, int(self.evaluator.num_features), real_features.mean(0), scale)
-        fid = FrechetInceptionDistance(feature=net, reset_real_features=False)
+        # the probes run in one process (the engine measures in the first rank): no cross-rank sync
+        fid = FrechetInceptionDistance(feature=net, reset_real_features=False, sync_on_compute=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             kid = KernelInceptionDistance(feature=net, reset_real_features=False, subsets=self.kid_subsets,
-                                          subset_size=self.kid_subset_size)
+                                          subset_size=self.kid_subset_size, sync_on_compute=False)
         real = torch.as_tensor(self.heldout_x)
         for s in range(0, len(real), self.eval_batch_size):
             fid.update(real[s:s + self.eval_batch_size], real=True)

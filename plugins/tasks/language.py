@@ -139,7 +139,7 @@ class CausalLMTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
         model.eval()
         device = next(model.parameters()).device
         tokens = torch.as_tensor(self.heldout_tokens)
-        metric = MeanNLL().to(device)
+        metric = MeanNLL(sync_on_compute=False).to(device)     # the probes run in one process
         for i in range(0, len(tokens), self.eval_batch_size):
             chunk = tokens[i:i + self.eval_batch_size].to(device)
             logits = self.forward(model, chunk).logits
