@@ -92,7 +92,8 @@ def victim(reference, tmp_path: Path, **run) -> tuple[Path, Path]:
 
 def start_and_wait_for_checkpoint(path: Path, run_dir: Path) -> subprocess.Popen:
     """Start ``collapsekit run`` and return once generation 1 has a step checkpoint (still running)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # one thread like this test process (conftest), whose in-process runs are the reference and the resume
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "collapsekit.cli", "run", "--config", str(path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     latest = run_dir / "gen_1" / "checkpoints" / "latest.json"
