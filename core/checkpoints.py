@@ -183,8 +183,10 @@ class StepCheckpoints(Callback):
     followed by :class:`Preempted`.
 
     It handles ``SIGTERM`` and ``SIGUSR1`` (and a ``SLURMEnvironment``'s ``requeue_signal``) from
-    ``on_train_start`` until :meth:`restore_signals`; outside that window the signals keep their
-    previous handlers (the default ends the process; the newest checkpoint stays). ``loader`` is the
+    ``on_train_start`` to the end of training (it replaces Lightning's handlers there, whose SIGTERM
+    stop and SLURM ``hpc_ckpt`` save come mid-step or without the engine's state); outside that window
+    the signals keep their previous handlers (by default they end the process; the newest checkpoint
+    stays). ``loader`` is the
     :class:`ResumableLoader` the trainer iterates (``None``: the data order is not checkpointed).
     """
 
@@ -216,10 +218,17 @@ class StepCheckpoints(Callback):
             self._previous[num] = signal.signal(num, self._handle)
 
     def restore_signals(self) -> None:
-        """Give the signals back their handlers from before training."""
+        """Give the signals back their handlers from before training (Lightning's, which its teardown
+        replaces in turn by those from before ``fit``); idempotent."""
         for num, handler in self._previous.items():
             signal.signal(num, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.restore_signals()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.restore_signals()
 
     # checkpoints
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
