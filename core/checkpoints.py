@@ -194,6 +194,7 @@ class StepCheckpoints(Callback):
         self.gen_dir, self.generation, self.every, self.loader = Path(gen_dir), generation, every, loader
         self.received: str | None = None
         self._batches = 0
+        self._step_seen = 0
         self._previous: dict[int, Any] = {}
         self.resumed_step: int | None = None
 
@@ -211,6 +212,8 @@ class StepCheckpoints(Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         import threading
+
+        self._step_seen = int(trainer.global_step)
 
         if threading.current_thread() is not threading.main_thread():
             return
@@ -236,6 +239,9 @@ class StepCheckpoints(Callback):
         preempt = self.received is not None
         if trainer.world_size > 1:        # every rank must stop (and save) at the same step
             preempt = bool(trainer.strategy.reduce_boolean_decision(preempt, all=False))
+        stepped, self._step_seen = step != self._step_seen, step
+        if not stepped:                   # inside a gradient-accumulation window: no consistent state yet
+            return
         if not (preempt or (self.every and step % self.every == 0)):
             return
         self._batches = batch_idx + 1

@@ -158,6 +158,25 @@ def test_resume_restores_rng_trainables_term_means_and_data_order(signal_at, noi
     assert "loss/probe" in noisy_reference.metrics[1]
 
 
+class FailAfterTraining:
+    @hookimpl
+    def generation_end(self, generation):
+        if generation == 1:
+            raise RuntimeError("failure after training")
+
+
+def test_checkpoint_of_the_last_step_skips_training_on_resume(noisy_reference, tmp_path, cli):
+    """A failure after training (here: a hook) keeps the last step's checkpoint; the re-run trains no
+    further step and still ends with the reference's numbers."""
+    path, run_dir = victim(noisy_reference, tmp_path, checkpoint_every=STEPS)
+    with collapsekit.registered(Noisy(), name="noisy"), collapsekit.registered(FailAfterTraining(), name="fail"):
+        code, _, err = cli("run", "--config", path)
+    assert code == 2 and "failure after training" in err
+    assert latest_step(run_dir) == STEPS
+    with collapsekit.registered(Noisy(), name="noisy"):
+        assert_resumes_identically(cli, path, run_dir, STEPS, noisy_reference)
+
+
 def test_corrupt_step_checkpoint_is_refused(noisy_reference, tmp_path, cli):
     path, run_dir = victim(noisy_reference, tmp_path)
     with collapsekit.registered(Noisy(signal_at=9), name="noisy"):
