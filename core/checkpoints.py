@@ -66,6 +66,14 @@ def latest(gen_dir: Path) -> tuple[Path, int] | None:
     return path, step
 
 
+def resume_step(gen_dir: Path) -> int | None:
+    """The step :func:`latest` would resume from, read without checking anything (``None``: none)."""
+    try:
+        return int(json.loads((checkpoint_dir(gen_dir) / LATEST).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def remove(gen_dir: Path) -> None:
     """Delete a generation's step checkpoints (call it once the generation is done)."""
     shutil.rmtree(checkpoint_dir(gen_dir), ignore_errors=True)

@@ -281,14 +281,20 @@ def trainer_factory(**trainer_kwargs: Any) -> TrainerFactory:
     """A :data:`TrainerFactory` building ``lightning.Trainer(**trainer_kwargs)`` per generation.
 
     Defaults: no Lightning checkpointing (the engine saves weights and its own step checkpoints),
-    a CSV logger under ``gen_<k>/logs`` and ``default_root_dir`` = ``gen_<k>``.
+    a CSV logger under ``gen_<k>/logs`` (``gen_<k>/logs/from_step_<s>`` when the generation resumes
+    from the step checkpoint of step ``s``, so the earlier log is kept) and ``default_root_dir`` =
+    ``gen_<k>``.
     """
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
     def make(generation: int, gen_dir) -> Any:
         kwargs = {"enable_checkpointing": False, "enable_model_summary": False, **trainer_kwargs}
-        kwargs.setdefault("logger", CSVLogger(str(gen_dir), name="logs", version=""))
+        if "logger" not in kwargs:
+            from .checkpoints import resume_step
+
+            step = resume_step(gen_dir)
+            kwargs["logger"] = CSVLogger(str(gen_dir), name="logs", version="" if step is None else f"from_step_{step}")
         kwargs["default_root_dir"] = str(gen_dir)
         return pl.Trainer(**kwargs)
 
