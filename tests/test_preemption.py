@@ -99,7 +99,7 @@ def start_and_wait_for_checkpoint(path: Path, run_dir: Path) -> subprocess.Popen
     latest = run_dir / "gen_1" / "checkpoints" / "latest.json"
     deadline = time.time() + 240
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
+        time.sleep(0.01)
     assert latest.exists() and proc.poll() is None, "no step checkpoint while generation 1 trained; nothing tested"
     return proc
 
