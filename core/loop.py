@@ -68,6 +68,7 @@ def train_generation(run: Run, generation: int, make_trainer: TrainerFactory):
     (:mod:`collapsekit.checkpoints`); a preemption signal during training saves one and raises
     :class:`~collapsekit.errors.Preempted`.
     """
+    from lightning.pytorch.strategies import ParallelStrategy
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from . import checkpoints
@@ -89,9 +90,9 @@ def train_generation(run: Run, generation: int, make_trainer: TrainerFactory):
     resume = checkpoints.latest(gen_dir)
     if resume is None and process_rank() == 0:
         checkpoints.remove(gen_dir)                     # leftovers of a save that never completed
-    # under DDP Lightning re-creates the loader with a distributed sampler, so it is not wrapped there
-    # (a resumed generation then restarts the interrupted pass over the data)
-    if trainer.world_size == 1:
+    # a parallel strategy (DDP, also on one device) re-creates a DataLoader with a distributed sampler,
+    # so the loader is not wrapped there (a resumed generation then restarts the interrupted pass)
+    if not isinstance(trainer.strategy, ParallelStrategy):
         loader = checkpoints.ResumableLoader(loader)
     callback = checkpoints.StepCheckpoints(gen_dir, generation, run.config.checkpoint_every,
                                            loader if isinstance(loader, checkpoints.ResumableLoader) else None)
