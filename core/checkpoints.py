@@ -175,7 +175,11 @@ class ResumableLoader:
     def state(self, batches: int) -> dict:
         """What :meth:`resume` needs to continue after ``batches`` batches of the current pass (a pass
         that is complete continues with the next one)."""
-        if self._pass_start is None or batches >= len(self):
+        try:
+            complete = batches >= len(self.loader)
+        except (TypeError, NotImplementedError):   # a loader without a length: its passes never end here
+            complete = False
+        if self._pass_start is None or complete:
             return {"batches": 0, "generators": [g.get_state() for g in self.generators]}
         return {"batches": batches, "pass_start": self._pass_start}
 
