@@ -94,8 +94,9 @@ def start_and_wait_for_checkpoint(path: Path, run_dir: Path) -> subprocess.Popen
     """Start ``collapsekit run`` and return once generation 1 has a step checkpoint (still running)."""
     # one thread like this test process (conftest), whose in-process runs are the reference and the resume
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "collapsekit.cli", "run", "--config", str(path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(path.with_suffix(".err"), "w") as err:       # the victim's stderr, read after it ends
+        proc = subprocess.Popen([sys.executable, "-m", "collapsekit.cli", "run", "--config", str(path)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
     latest = run_dir / "gen_1" / "checkpoints" / "latest.json"
     deadline = time.time() + 240
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
@@ -120,7 +121,7 @@ def test_sigkill_after_a_step_checkpoint_resumes_identically(reference, tmp_path
     path, run_dir = victim(reference, tmp_path, checkpoint_every=EVERY)
     proc = start_and_wait_for_checkpoint(path, run_dir)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    proc.wait()
     assert not (run_dir / "gen_1" / "done").exists(), "killed too late"
     step = latest_step(run_dir)
     assert 0 < step < STEPS and step % EVERY == 0
@@ -132,7 +133,8 @@ def test_preemption_signal_saves_a_checkpoint_and_stops_cleanly(signum, referenc
     path, run_dir = victim(reference, tmp_path, checkpoint_every=EVERY)
     proc = start_and_wait_for_checkpoint(path, run_dir)
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    err = path.with_suffix(".err").read_text()
     assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
     assert "Traceback" not in err
     step = latest_step(run_dir)
