@@ -17,7 +17,7 @@ import time
 from importlib.metadata import entry_points
 from typing import Any, Sequence
 
-from .errors import CollapsekitError, ConfigError
+from .errors import PREEMPTED_EXIT_CODE, CollapsekitError, ConfigError, Preempted
 from .quiet import silence_lightning
 
 USAGE = """usage: collapsekit COMMAND [options]
@@ -408,6 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return command(argv[1:])
+    except Preempted as exc:
+        print(f"collapsekit: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except CollapsekitError as exc:
         print(f"collapsekit: error: {exc}", file=sys.stderr)
         return 2

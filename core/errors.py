@@ -39,3 +39,12 @@ class NonFiniteLoss(CollapsekitError):
 
 class RunStateError(CollapsekitError):
     """The run directory cannot be resumed as it is (other config, corrupt file)."""
+
+
+class Preempted(CollapsekitError):
+    """Training stopped on a preemption signal (``SIGTERM``/``SIGUSR1``) after saving a step checkpoint;
+    the same command resumes. The CLI exits with :data:`PREEMPTED_EXIT_CODE`."""
+
+
+PREEMPTED_EXIT_CODE = 75
+"""Exit status of ``collapsekit run`` after :class:`Preempted` (``EX_TEMPFAIL``: try again later)."""

@@ -123,6 +123,11 @@ def loss_terms(module, batch, outputs):
     ``replaces_task_loss = True`` supplies the task loss itself (e.g. MaxSup
     replaces cross-entropy): the task's ``"loss"`` is then not added. At most
     one active plugin may do so.
+
+    A generation may resume from a step checkpoint (``run.checkpoint_every``,
+    preemption) in a new process: derive anything step-dependent from
+    ``module.progress`` and keep trained state in ``module.add_trainable``
+    modules (both restored), not in attributes updated step by step.
     """
 
 

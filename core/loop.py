@@ -7,6 +7,7 @@ seed derives from ``(run seed, generation, role)`` and every input is on disk.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 from .capabilities import check_requirements
 from .distributed import barrier, process_rank, world
-from .errors import CollapsekitError
+from .errors import CollapsekitError, Preempted
 from .fileio import atomic_write_bytes, atomic_write_json
 from .pool import Pool
 from .run import Run
@@ -62,7 +63,16 @@ def build_model(run: Run, generation: int) -> torch.nn.Module:
 
 
 def train_generation(run: Run, generation: int, make_trainer: TrainerFactory):
-    """Compose the pool and train ``generation``; return ``(module, training pool)``."""
+    """Compose the pool and train ``generation``; return ``(module, training pool)``.
+
+    Training continues from the generation's newest step checkpoint when there is one
+    (:mod:`collapsekit.checkpoints`); a preemption signal during training saves one and raises
+    :class:`~collapsekit.errors.Preempted`.
+    """
+    from lightning.pytorch.strategies import ParallelStrategy
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from . import checkpoints
     from .module import GenerationalModule
 
     real = run.task.real_pool()
@@ -76,8 +86,32 @@ def train_generation(run: Run, generation: int, make_trainer: TrainerFactory):
     torch.manual_seed(derive_seed(run.seed, generation, "train"))
     loader = run.task.dataloader(pool, shuffle=True, seed=derive_seed(run.seed, generation, "shuffle"))
     run.hooks.call("generation_start", run=run, generation=generation, module=module)
-    trainer = make_trainer(generation, run.gen_dir(generation))
-    trainer.fit(module, train_dataloaders=loader)
+    gen_dir = run.gen_dir(generation)
+    trainer = make_trainer(generation, gen_dir)
+    resume = checkpoints.latest(gen_dir)
+    if resume is None and process_rank() == 0:
+        checkpoints.remove(gen_dir)                     # leftovers of a save that never completed
+    # a parallel strategy (DDP, also on one device) re-creates a DataLoader with a distributed sampler,
+    # so the loader is not wrapped there (a resumed generation then restarts the interrupted pass)
+    if not isinstance(trainer.strategy, ParallelStrategy):
+        loader = checkpoints.ResumableLoader(loader)
+    callback = checkpoints.StepCheckpoints(gen_dir, generation, run.config.checkpoint_every,
+                                           loader if isinstance(loader, checkpoints.ResumableLoader) else None)
+    trainer.callbacks.append(callback)
+    if resume is not None and process_rank() == 0:
+        print(f"generation {generation}: resuming from the step checkpoint of step {resume[1]} ({resume[0]})",
+              flush=True)
+    try:
+        with warnings.catch_warnings():
+            # Lightning cannot see that the wrapped loader resumes mid-pass and would say it does not
+            warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume[0]) if resume else None)
+    except SIGTERMException:                            # SIGTERM before our handler took over
+        raise Preempted(f"preempted (SIGTERM) at generation {generation}, step {trainer.global_step}, "
+                        f"before a checkpoint of this step was saved; re-run the same command to resume "
+                        f"from the newest checkpoint, if any.") from None
+    finally:
+        callback.restore_signals()
     if trainer.interrupted:
         raise KeyboardInterrupt
     run.hooks.call("generation_end", run=run, generation=generation, module=module)
@@ -155,6 +189,9 @@ def run_generation(run: Run, generation: int, make_trainer: TrainerFactory) -> d
     samples = synthesize_shards(run, model, generation)
     if lead:
         metrics = _store_and_measure(run, generation, module, pool, samples, model_files)
+        from .checkpoints import remove
+
+        remove(gen_dir)                                 # only once ``done`` is written
     barrier()
     return metrics if lead else run.metrics_of(generation)
 
@@ -199,6 +236,10 @@ def execute(run: Run, make_trainer: TrainerFactory, on_generation: Callable[[int
     for generation in range(run.generations):
         if generation < done:
             run.verify(generation)
+            if run.is_lead:
+                from .checkpoints import remove
+
+                remove(run.gen_dir(generation))         # left when killed between ``done`` and their removal
             metrics = run.metrics_of(generation)
             resumed = True
         else:
@@ -213,15 +254,21 @@ def execute(run: Run, make_trainer: TrainerFactory, on_generation: Callable[[int
 def trainer_factory(**trainer_kwargs: Any) -> TrainerFactory:
     """A :data:`TrainerFactory` building ``lightning.Trainer(**trainer_kwargs)`` per generation.
 
-    Defaults: no Lightning checkpointing (the engine saves weights itself),
-    a CSV logger under ``gen_<k>/logs`` and ``default_root_dir`` = ``gen_<k>``.
+    Defaults: no Lightning checkpointing (the engine saves weights and its own step checkpoints),
+    a CSV logger under ``gen_<k>/logs`` (``gen_<k>/logs/from_step_<s>`` when the generation resumes
+    from the step checkpoint of step ``s``, so the earlier log is kept) and ``default_root_dir`` =
+    ``gen_<k>``.
     """
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
     def make(generation: int, gen_dir) -> Any:
         kwargs = {"enable_checkpointing": False, "enable_model_summary": False, **trainer_kwargs}
-        kwargs.setdefault("logger", CSVLogger(str(gen_dir), name="logs", version=""))
+        if "logger" not in kwargs:
+            from .checkpoints import resume_step
+
+            step = resume_step(gen_dir)
+            kwargs["logger"] = CSVLogger(str(gen_dir), name="logs", version="" if step is None else f"from_step_{step}")
         kwargs["default_root_dir"] = str(gen_dir)
         return pl.Trainer(**kwargs)
 

@@ -166,7 +166,44 @@ class GenerationalModule(TaskModule):
             return self.task.configure_optimizers(_ModelWithTrainables(self.model, self.trainables))
         return self.task.configure_optimizers(self.model)
 
+    # -- step checkpoints (collapsekit.checkpoints) -------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Add what Lightning does not save: the loss-term running means, the non-finite watch and the
+        global random states (torch CPU and CUDA, NumPy, Python), so that a resumed generation draws
+        the same numbers as an uninterrupted one."""
+        checkpoint["collapsekit"] = {
+            "generation": self.generation,
+            "term_means": {name: {"state": {k: v.detach().cpu() for k, v in metric.metric_state.items()},
+                                  "updates": int(metric._update_count)}
+                           for name, metric in self.term_means_metric.items()},
+            "first_nonfinite": {name: int(step) for name, step in self._first_nonfinite.items()},
+            "owners": dict(self._owners),
+            "rng": _rng_states(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore what :meth:`on_save_checkpoint` added (the random states at once: nothing draws from
+        them between here and the first resumed step); an optimizer state given through
+        :meth:`restore_optimizer` is not applied over the checkpoint's."""
+        saved = checkpoint.get("collapsekit")
+        if saved is None or saved.get("generation") != self.generation:
+            raise CollapsekitError(f"the step checkpoint was not written by generation {self.generation} of "
+                                   "collapsekit; delete the generation's checkpoints folder to redo it")
+        for name, entry in saved["term_means"].items():
+            metric = MeanMetric(nan_strategy="disable")
+            metric.set_dtype(torch.float64)
+            for key, value in entry["state"].items():
+                setattr(metric, key, value.to(torch.float64))
+            metric._update_count = entry["updates"]
+            self.term_means_metric[name] = metric
+        self._first_nonfinite = {name: torch.tensor(step, dtype=torch.long)
+                                 for name, step in saved["first_nonfinite"].items()}
+        self._owners.update(saved["owners"])
+        self._restore = None
+        _set_rng_states(saved["rng"])
+
     def on_train_start(self) -> None:
+        self._first_nonfinite = {k: v.to(self.device) for k, v in self._first_nonfinite.items()}
         if self._restore is None:
             return
         state, lr = self._restore
@@ -248,6 +285,32 @@ class GenerationalModule(TaskModule):
         if self._final_means is not None:
             return dict(self._final_means)
         return {f"loss/{k}": float(m.compute()) for k, m in self.term_means_metric.items()}
+
+
+def _rng_states() -> dict:
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class TaskFitModule(TaskModule):

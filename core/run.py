@@ -11,6 +11,8 @@ Run directory layout (``<root>/<name>/``)::
     gen_<k>/metrics.json   flat {metric: number}
     gen_<k>/manifest.json  SHA-256 of every file above
     gen_<k>/done           written last; a generation without it is redone
+    gen_<k>/checkpoints/   step checkpoints of a generation in progress (``run.checkpoint_every``,
+                           preemption); it resumes from the newest, and they are deleted after ``done``
 """
 from __future__ import annotations
 
@@ -49,6 +51,12 @@ class RunConfig:
         plugins: plugins to activate: short names or ``{class_path, init_args}``.
         samples_per_generation: synthetic items per generation (default: size of the real pool).
         overwrite: start over when ``<root>/<name>`` holds a run made by another config.
+        checkpoint_every: save a step checkpoint every this many optimizer steps inside each
+            generation, into ``gen_<k>/checkpoints/`` (``None``: none; the files are deleted once the
+            generation is done). A re-run continues an unfinished generation from its newest checkpoint
+            with the numbers of an uninterrupted run. Independently of it, ``SIGTERM``/``SIGUSR1``
+            during training save a checkpoint at the end of the current step and stop the run
+            (exit status 75); it may be changed between a run and its resumption.
     """
 
     name: str = "quickstart"
@@ -59,6 +67,7 @@ class RunConfig:
     plugins: list[Union[str, dict[str, Any]]] = field(default_factory=list)
     samples_per_generation: int | None = None
     overwrite: bool = False
+    checkpoint_every: int | None = None
 
     def plugin_names(self) -> list[str]:
         """Names of the listed plugins, as written in the config."""
@@ -73,10 +82,15 @@ class RunConfig:
             raise ConfigError(f"run.init must be one of {INIT_MODES}, got {self.init!r}")
         if self.samples_per_generation is not None and self.samples_per_generation < 1:
             raise ConfigError(f"run.samples_per_generation must be >= 1, got {self.samples_per_generation}")
+        if self.checkpoint_every is not None and (isinstance(self.checkpoint_every, bool)
+                                                  or not isinstance(self.checkpoint_every, int)
+                                                  or self.checkpoint_every < 1):
+            raise ConfigError(f"run.checkpoint_every must be a number of steps >= 1 (or null), "
+                              f"got {self.checkpoint_every!r}")
 
 
 # config keys that may change between a run and its resumption
-RESUMABLE_KEYS = ("run.generations", "run.overwrite", "run.root", "trainer.enable_progress_bar",
+RESUMABLE_KEYS = ("run.generations", "run.overwrite", "run.root", "run.checkpoint_every", "trainer.enable_progress_bar",
                   "trainer.enable_model_summary", "trainer.logger", "trainer.callbacks")
 
 

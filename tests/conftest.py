@@ -41,6 +41,12 @@ def tiny_config(root: Path, name: str = "tiny", generations: int = 2, plugins=No
     }
 
 
+@pytest.fixture(scope="session")
+def tiny_config_fn():
+    """:func:`tiny_config` itself, for fixtures wider than one test."""
+    return tiny_config
+
+
 @pytest.fixture
 def write_config(tmp_path):
     """Write a config dict to a YAML file and return its path."""

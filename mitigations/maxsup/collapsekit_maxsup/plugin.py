@@ -71,7 +71,8 @@ class MaxSup:
         progress = module.progress
         alpha = self.alpha_at(progress.step, progress.total_steps)
         generation = module.generation
-        self._alphas[generation] = (self._alphas.get(generation, (alpha,))[0], alpha)
+        # the first alpha from the schedule, not from the first step seen: a generation may resume mid-way
+        self._alphas[generation] = (self.alpha_at(0, progress.total_steps), alpha)
         return {"maxsup": maxsup_loss(logits, labels, alpha, ignore_index=self.ignore_index)}
 
     @hookimpl
