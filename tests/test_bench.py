@@ -127,7 +127,11 @@ def test_report_plots_a_single_run(tmp_path, tiny_task):
         report(tmp_path)
 
 
-def test_markdown_table_mean_std_and_best():
+def _table_lines(md, method):
+    return [line for line in md.splitlines() if line.startswith(f"| `{method}`")]
+
+
+def test_markdown_table_mean_std_and_no_bold_with_two_seeds():
     from collapsekit.bench.report import render_markdown
 
     values = {("a", 0): 2.0, ("a", 1): 4.0, ("b", 0): 1.0, ("b", 1): 1.5}   # loss: lower is better
@@ -142,16 +146,47 @@ def test_markdown_table_mean_std_and_best():
                           "metrics": {"loss": {"higher_is_better": False}, "acc": {"higher_is_better": True},
                                       "entropy": {"higher_is_better": None},
                                       "pool/size": {"higher_is_better": None}}})
-    line_a = next(line for line in md.splitlines() if line.startswith("| `a`"))
-    line_b = next(line for line in md.splitlines() if line.startswith("| `b`"))
+    line_a, line_b = _table_lines(md, "a")[0], _table_lines(md, "b")[0]
+    assert line_a.startswith("| `a` (reference) |")        # no baseline: the first method is the reference
     mean_a, sd_a = statistics.mean([3.0, 5.0]), statistics.stdev([3.0, 5.0])
     mean_b, sd_b = statistics.mean([2.0, 2.5]), statistics.stdev([2.0, 2.5])
-    assert f"{mean_a:.4g} ± {sd_a:.2g}" in line_a and f"**{mean_b:.4g} ± {sd_b:.2g}**" in line_b
-    assert f"**{mean_a:.4g}" not in line_a
-    assert line_a.count("**0.55 ± 0.071**") == 1 and line_b.count("**0.55 ± 0.071**") == 1  # a tie: both best
+    assert f"{mean_a:.4g} ± {sd_a:.2g}" in line_a and f"{mean_b:.4g} ± {sd_b:.2g}" in line_b
+    assert "**" not in line_a + line_b and "▲" not in md.split("## t")[1]     # 2 seeds: nothing marked
+    assert "Difference from `a`: n/a (needs ≥ 3 seeds paired with the reference; this table has 2)" in md
     header = next(line for line in md.splitlines() if line.startswith("| method"))
     assert "`entropy` |" in header and "`loss` ↓" in header and "pool/size" not in header  # declared, unranked
-    assert "1.5 ± 0.71 |" in line_a and "**1.5" not in line_a
+    assert "1.5 ± 0.71 |" in line_a
+
+
+def test_markdown_marks_only_significant_differences_with_their_interval():
+    from collapsekit.bench.report import render_markdown
+    from collapsekit.bench.stats import compare
+
+    seeds = range(5)
+    base = {s: 10.0 + s for s in seeds}
+    final = {"baseline": base,
+             "good": {s: base[s] - 1.0 - 0.05 * s for s in seeds},            # lower loss on every seed
+             "noisy": {s: base[s] + (0.5, -0.5, 0.3, -0.2, 0.1)[s] for s in seeds},
+             "bad": {s: base[s] + 2.0 + 0.1 * (s % 2) for s in seeds}}
+    rows = [{"task": "t", "method": m, "seed": s, "generation": 0, "metric": "loss", "value": v}
+            for m, by_seed in final.items() for s, v in by_seed.items()]
+    md = render_markdown({"meta": {"preset": "x", "tasks": {"t": {"metrics": ["loss"],
+                                                                  "methods": list(final)}}},
+                          "rows": rows, "metrics": {"loss": {"higher_is_better": False}}})
+    assert "paired bootstrap" in md and "paired t-test" in md
+    table = {m: _table_lines(md, m) for m in final}
+    assert table["baseline"][0].startswith("| `baseline` (reference) | 5 |") and len(table["baseline"]) == 1
+    good_row, good_diff = table["good"]
+    c = compare(final["good"], base, higher_is_better=False)
+    assert c.significant and c.better
+    assert "** ▲" not in good_row and good_row.count("**") == 2 and "▲**" in good_row
+    assert f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g} ▲" in good_diff
+    noisy_row, noisy_diff = table["noisy"]
+    assert "**" not in noisy_row and "▲" not in noisy_row + noisy_diff and "▼" not in noisy_row + noisy_diff
+    n = compare(final["noisy"], base, higher_is_better=False)
+    assert not n.significant and f"{n.mean:+.3g} [{n.ci[0]:+.3g}, {n.ci[1]:+.3g}]" in noisy_diff
+    bad_row, bad_diff = table["bad"]
+    assert "▼" in bad_row and "▼" in bad_diff and "**" not in bad_row
 
 
 def test_method_names():
