@@ -199,6 +199,26 @@ def test_method_names():
     assert method_plugins("a+b", {"B": {"x": 1}}) == ["a", {"class_path": "b", "init_args": {"x": 1}}]
 
 
+def test_method_variants_are_their_plugin_with_other_init_args():
+    variants = {"b-random": {"plugin": "b", "init_args": {"scorer": "random"}}}
+    # the variant keeps the plugin's plugin_args (same kept share) and overrides its own keys
+    assert method_plugins("a+b-random", {"b": {"keep": 0.3, "scorer": "probe"}}, variants) == \
+        ["a", {"class_path": "b", "init_args": {"keep": 0.3, "scorer": "random"}}]
+    assert method_plugins("b", {"b": {"keep": 0.3}}, variants) == [{"class_path": "b", "init_args": {"keep": 0.3}}]
+    with pytest.raises(ConfigError, match="variant 'bad'"):
+        method_plugins("bad", None, {"bad": {"init_args": {}}})
+
+
+def test_digits_diffusion_runs_lsf_beside_its_random_filter_control():
+    cells, info = plan("cpu", tasks=["digits-diffusion"], seeds=[0], progress=False)
+    by_method = {c["method"]: c["plugins"] for c in cells}
+    lsf, control = "accumulate-subsample+latent-filter", "accumulate-subsample+latent-filter-random"
+    assert lsf in by_method and control in by_method
+    assert by_method[lsf] == ["accumulate-subsample", "latent-filter"]
+    assert by_method[control] == ["accumulate-subsample", {"class_path": "latent-filter",
+                                                           "init_args": {"scorer": "random"}}]
+
+
 def test_unknown_method_is_an_error_with_did_you_mean(tmp_path):
     with pytest.raises(PluginNotFound, match="Did you mean 'baseline'"):
         run_bench("smoke", tasks=["markov-text"], methods=["basline"], out=tmp_path / "b", progress=False)
