@@ -309,3 +309,16 @@ def test_shipped_bench_configs_are_what_the_suite_runs(tmp_path, cli, preset):
 def test_bench_cli_rejects_bad_jobs(cli):
     code, _, err = cli("bench", "--jobs", "0")
     assert code == 2 and "--jobs must be at least 1" in err
+
+
+def test_cpu_preset_gives_cheap_tasks_enough_seeds_for_paired_statistics():
+    """A paired comparison needs >= 3 seeds; the cheap tasks get 5 (budget in configs/bench/README.md)."""
+    from collapsekit.bench.stats import MIN_SEEDS
+
+    _, info = plan("cpu", progress=False, require_installed=False)
+    seeds = {task: entry["seeds"] for task, entry in info["tasks"].items()}
+    cheap = ("gaussian", "linear-regression", "markov-text", "digits-classify", "digits-diffusion", "bible-lm",
+             "facts-unlearning")
+    for task in cheap:
+        assert len(seeds[task]) >= 5 >= MIN_SEEDS, (task, seeds[task])
+    assert seeds["multiplication"] == [0, 1]      # what the 45-minute budget allows

@@ -44,6 +44,7 @@ from collapsekit.plugins.tasks.digits import check_split, load_digit_images
 from collapsekit.plugins.sampling import filter_logits
 from collapsekit.pool import REAL, Pool
 from collapsekit.task import Task
+from ._bench import CHEAP_SEEDS
 
 NUM_CLASSES = 10
 SIDE = 8
@@ -245,7 +246,7 @@ class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, 
         "smoke": {"task": {"train_size": 300, "heldout_size": 200, "hidden": 64, "feature_dim": 16, "lr": 1e-2},
                   "trainer": {"max_steps": 60}, "generations": 2},
         "cpu": {"task": {"train_size": 1000, "heldout_size": 500},
-                "trainer": {"max_steps": 600}, "generations": 5},
+                "trainer": {"max_steps": 600}, "generations": 5, "seeds": CHEAP_SEEDS},
         "gpu": {"task": {"train_size": 1297, "heldout_size": 500, "hidden": 512, "feature_dim": 128,
                          "batch_size": 128},
                 "trainer": {"max_steps": 4000}, "generations": 10},

@@ -52,6 +52,7 @@ from collapsekit.plugins.tasks.digits import check_split, load_digit_images
 from collapsekit.pool import REAL, Pool
 from collapsekit.seeds import derive_seed
 from collapsekit.task import Task
+from ._bench import CHEAP_SEEDS
 
 NUM_CLASSES = 10
 DIM = 64
@@ -293,7 +294,8 @@ class DigitsDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures
                   "trainer": {"max_steps": 40}, "generations": 2, "variants": bench_variants},
         "cpu": {"task": {"train_size": 1000, "heldout_size": 500, "timesteps": 100, "hidden": 256,
                          "depth": 2},
-                "trainer": {"max_steps": 1000}, "generations": 5, "variants": bench_variants},
+                "trainer": {"max_steps": 1000}, "generations": 5, "variants": bench_variants,
+                "seeds": CHEAP_SEEDS},
         "gpu": {"task": {"train_size": 1297, "heldout_size": 500, "timesteps": 200, "hidden": 512,
                          "depth": 4, "eval_samples": 2000, "evaluator_steps": 600, "batch_size": 256},
                 "trainer": {"max_steps": 10000}, "generations": 10, "variants": bench_variants},

@@ -18,6 +18,7 @@ import torch
 
 from collapsekit.pool import Pool
 from collapsekit.plugins.tasks.language import CausalLMTask
+from ._bench import CHEAP_SEEDS
 
 
 def markov_source(vocab_size: int, zipf_exponent: float, deterministic_share: float,
@@ -109,7 +110,7 @@ class MarkovText(CausalLMTask):
         "smoke": {"task": {"train_size": 200, "heldout_size": 100, "seq_len": 32, "n_layer": 1,
                            "n_embd": 32}, "trainer": {"max_steps": 60}, "generations": 2},
         "cpu": {"task": {"train_size": 1000, "heldout_size": 500, "n_layer": 1, "n_embd": 32},
-                "trainer": {"max_steps": 300}, "generations": 5},
+                "trainer": {"max_steps": 300}, "generations": 5, "seeds": CHEAP_SEEDS},
         "gpu": {"task": {"vocab_size": 256, "train_size": 20000, "heldout_size": 2000, "seq_len": 128,
                          "n_layer": 6, "n_embd": 256, "n_head": 8, "batch_size": 128},
                 "trainer": {"max_steps": 5000}, "generations": 10},
