@@ -322,3 +322,27 @@ def test_cpu_preset_gives_cheap_tasks_enough_seeds_for_paired_statistics():
     for task in cheap:
         assert len(seeds[task]) >= 5 >= MIN_SEEDS, (task, seeds[task])
     assert seeds["multiplication"] == [0, 1]      # what the 45-minute budget allows
+
+
+def test_report_metrics_are_columns_even_without_a_direction():
+    from collapsekit.bench.report import final_table, render_markdown
+
+    rows = [{"task": "t", "method": m, "seed": 0, "generation": 0, "metric": k, "value": 0.5}
+            for m in ("baseline", "token-editing") for k in ("kl", "token_editing/share_above", "other/x")]
+    results = {"meta": {"preset": "x", "tasks": {"t": {"metrics": ["kl"],
+                                                       "report_metrics": ["token_editing/share_above"]}}},
+               "rows": rows, "metrics": {"kl": {"higher_is_better": False},
+                                         "token_editing/share_above": {"higher_is_better": None},
+                                         "other/x": {"higher_is_better": None}}}
+    _, metrics, _ = final_table(results, "t")
+    assert metrics == ["kl", "token_editing/share_above"]
+    assert "`token_editing/share_above` |" in render_markdown(results)
+
+
+def test_markov_text_reports_token_editing_shares_and_edits_at_its_threshold():
+    from collapsekit.plugins.tasks.markov_text import MarkovText
+
+    assert MarkovText.report_metrics == ("token_editing/share_above", "token_editing/share_changed")
+    cells, info = plan("cpu", tasks=["markov-text"], methods=["token-editing"], seeds=[0], progress=False)
+    assert cells[0]["plugins"] == [{"class_path": "token-editing", "init_args": {"threshold": 0.95}}]
+    assert info["tasks"]["markov-text"]["report_metrics"] == list(MarkovText.report_metrics)
