@@ -346,3 +346,41 @@ def test_markov_text_reports_token_editing_shares_and_edits_at_its_threshold():
     cells, info = plan("cpu", tasks=["markov-text"], methods=["token-editing"], seeds=[0], progress=False)
     assert cells[0]["plugins"] == [{"class_path": "token-editing", "init_args": {"threshold": 0.95}}]
     assert info["tasks"]["markov-text"]["report_metrics"] == list(MarkovText.report_metrics)
+
+
+def _fake_run(root, name, seed, kl_by_generation):
+    """A finished run directory as the engine leaves it (config.yaml, gen_k/metrics.json, gen_k/done)."""
+    import yaml
+
+    run_dir = root / name
+    for g, kl in enumerate(kl_by_generation):
+        (run_dir / f"gen_{g}").mkdir(parents=True)
+        (run_dir / f"gen_{g}" / "metrics.json").write_text(json.dumps({"kl": kl, "tail_coverage": 0.5}))
+        (run_dir / f"gen_{g}" / "done").write_text("")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"run": {"name": name, "seed": seed},
+         "task": {"class_path": "collapsekit.plugins.tasks.markov_text.MarkovText", "init_args": {}}}))
+    return run_dir
+
+
+def test_report_compares_several_runs_paired_by_seed(tmp_path, cli):
+    from collapsekit.bench.report import runs_results
+    from collapsekit.bench.stats import compare
+
+    dirs = []
+    for seed in range(4):
+        dirs.append(_fake_run(tmp_path, f"baseline-s{seed}", seed, [0.1, 0.3 + 0.01 * seed]))
+        dirs.append(_fake_run(tmp_path, f"accumulate-s{seed}", seed, [0.1, 0.12 + 0.02 * (seed % 2)]))
+    results = runs_results(dirs)
+    assert {(r["method"], r["seed"]) for r in results["rows"]} == \
+        {(m, s) for m in ("baseline", "accumulate") for s in range(4)}
+    assert results["metrics"]["kl"] == {"higher_is_better": False}
+    code, out, _ = cli("report", *map(str, dirs), "--out", str(tmp_path / "cmp"))
+    assert code == 0 and str(tmp_path / "cmp" / "RESULTS.md") in out
+    md = (tmp_path / "cmp" / "RESULTS.md").read_text()
+    c = compare({s: 0.12 + 0.02 * (s % 2) for s in range(4)}, {s: 0.3 + 0.01 * s for s in range(4)}, False)
+    assert c.significant and c.better
+    assert "| `baseline` (reference) | 4 |" in md
+    assert f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g} ▲" in md
+    with pytest.raises(CollapsekitError, match="give each"):
+        runs_results([dirs[0], dirs[0]])

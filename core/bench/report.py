@@ -2,8 +2,10 @@
 
 :func:`report` accepts either a run directory (``gen_<k>/metrics.json``; writes
 ``plots/metrics.png`` and, when the task declares a ``headline``,
-``plots/headline.png``) or a bench directory (``results.json``; writes
-``RESULTS.md`` and ``plots/<task>.png``). Plots use matplotlib's Agg renderer
+``plots/headline.png``), a bench directory (``results.json``; writes
+``RESULTS.md`` and ``plots/<task>.png``) or several run directories (compared as
+bench cells, paired by seed: :func:`runs_results`). Tables compare every method
+with its task's reference, paired by seed (:mod:`.stats`). Plots use matplotlib's Agg renderer
 through the object API (no pyplot state is touched).
 """
 from __future__ import annotations
@@ -365,8 +367,72 @@ def render_bench(bench_dir: str | Path) -> list[Path]:
     return [md, *plots.values()]
 
 
-def report(run_dir: str | Path) -> list[Path]:
-    """Redraw the plots of a run directory, or re-render a bench directory; return the files written."""
+def _run_config(run_dir: Path) -> dict:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise CollapsekitError(f"{run_dir}: cannot read its config.yaml ({exc}); comparing runs needs each run's "
+                               "seed and task from it") from None
+
+
+def runs_results(run_dirs: Sequence[str | Path]) -> dict:
+    """A bench-style results dict (``meta``/``metrics``/``rows``) built from plain run directories.
+
+    Each run is one cell: task = its task's ``name`` (else class name), method = the run name without a
+    trailing ``-s<seed>`` (the bench's cell names), seed = ``run.seed`` of its ``config.yaml``. Two runs
+    with the same (task, method, seed) are an error (they would be paired twice).
+    """
+    rows, directions, seen, headline, tasks = [], {}, {}, {}, {}
+    for run_dir in map(Path, run_dirs):
+        config = _run_config(run_dir)
+        run = config.get("run") or {}
+        class_path = (config.get("task") or {}).get("class_path")
+        task = _task_attr(class_path, "name", None) or (class_path or "task").rpartition(".")[2]
+        seed = int(run.get("seed", 0))
+        method = re.sub(rf"-s{seed}$", "", str(run.get("name") or run_dir.name))
+        key = (task, method, seed)
+        if key in seen:
+            raise CollapsekitError(f"{run_dir} and {seen[key]} are both task {task!r}, method {method!r}, seed {seed}; "
+                                   "give each (method, seed) once")
+        seen[key] = run_dir
+        metrics = read_run_metrics(run_dir)
+        if not metrics:
+            raise CollapsekitError(f"{run_dir} holds no finished generation (no gen_0/done)")
+        for g, m in enumerate(metrics):
+            for k, v in sorted(m.items()):
+                if isinstance(v, (int, float)):
+                    rows.append({"task": task, "method": method, "seed": seed, "generation": g, "metric": k,
+                                 "value": float(v) if math.isfinite(v) else None})
+        for k, v in (_task_attr(class_path, "higher_is_better", {}) or {}).items():
+            directions.setdefault(k, None if v is None else bool(v))
+        headline[task] = list(_task_attr(class_path, "headline", ()) or ())
+        entry = tasks.setdefault(task, {"class_path": class_path, "methods": [], "seeds": [],
+                                        "metrics": sorted(_task_attr(class_path, "higher_is_better", {}) or {})})
+        entry["methods"] = list(dict.fromkeys([*entry["methods"], method]))
+        entry["seeds"] = sorted({*entry["seeds"], seed})
+    metric_meta = {r["metric"]: {"higher_is_better": directions.get(r["metric"])} for r in rows}
+    return {"meta": {"preset": "runs", "seeds": sorted({k[2] for k in seen}), "tasks": tasks, "headline": headline},
+            "metrics": metric_meta, "rows": rows}
+
+
+def report(run_dir: str | Path, *more: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Redraw the plots of a run directory, or re-render a bench directory; return the files written.
+
+    With several run directories (``report(a, b, c, out=DIR)``), compare them as bench cells
+    (:func:`runs_results`): ``DIR/RESULTS.md`` with the same paired-by-seed statistics as a bench,
+    ``DIR/results.json`` and ``DIR/plots/<task>.png`` (``DIR`` defaults to ``compare`` in the current folder).
+    """
+    if more:
+        results = runs_results([run_dir, *more])
+        target = Path(out or "compare")
+        target.mkdir(parents=True, exist_ok=True)
+        from .runner import write_results
+
+        written = [write_results(target, results)]
+        return [*render_bench(target), *written]
     path = Path(run_dir)
     if (path / "results.json").is_file():
         return render_bench(path)
