@@ -384,3 +384,19 @@ def test_report_compares_several_runs_paired_by_seed(tmp_path, cli):
     assert f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g} ▲" in md
     with pytest.raises(CollapsekitError, match="give each"):
         runs_results([dirs[0], dirs[0]])
+
+
+def test_a_declared_control_gets_its_own_paired_comparison():
+    from collapsekit.bench.report import render_markdown
+    from collapsekit.bench.stats import compare
+
+    final = {"baseline": {s: 5.0 for s in range(5)}, "lsf": {s: 3.0 - 0.1 * s for s in range(5)},
+             "random": {s: 3.5 - 0.12 * s for s in range(5)}}
+    rows = [{"task": "t", "method": m, "seed": s, "generation": 0, "metric": "fid", "value": v}
+            for m, by_seed in final.items() for s, v in by_seed.items()]
+    md = render_markdown({"meta": {"preset": "x", "tasks": {"t": {"metrics": ["fid"], "methods": list(final),
+                                                                  "controls": {"lsf": "random"}}}},
+                          "rows": rows, "metrics": {"fid": {"higher_is_better": False}}})
+    c = compare(final["lsf"], final["random"], higher_is_better=False)
+    line = next(x for x in md.splitlines() if x.startswith("| `lsf` | `random` |"))
+    assert c.significant and f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g} ▲" in line

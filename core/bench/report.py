@@ -215,6 +215,28 @@ def comparisons(results: Mapping, task: str) -> tuple[str | None, dict[tuple[str
     return ref, out
 
 
+def controls_of(results: Mapping, task: str) -> dict[str, str]:
+    """``{method: its control method}`` the task declares (``bench_controls``), both present in the results."""
+    entry = (((results.get("meta") or {}).get("tasks") or {}).get(task) or {})
+    declared = entry.get("controls") or _task_attr(entry.get("class_path"), "bench_controls", {}) or {}
+    present = set(_cells(results)[task])
+    return {m: c for m, c in declared.items() if m in present and c in present}
+
+
+def control_comparisons(results: Mapping, task: str) -> dict[tuple[str, str], Comparison]:
+    """``{(method, metric): Comparison}`` of each method with its declared control, paired by seed."""
+    _, metrics, _ = final_table(results, task)
+    directions = results.get("metrics") or {}
+    finals = final_values(results, task)
+    out = {}
+    for method, control in controls_of(results, task).items():
+        for metric in metrics:
+            if (method, metric) in finals and (control, metric) in finals:
+                out[(method, metric)] = compare(finals[(method, metric)], finals[(control, metric)],
+                                                (directions.get(metric) or {}).get("higher_is_better"))
+    return out
+
+
 def _fmt_diff(c: Comparison) -> str:
     if c.ci is None:
         return f"n/a (needs ≥ {MIN_SEEDS} seeds; {c.n} paired)"
@@ -297,6 +319,18 @@ def render_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
                     continue
                 lines.append("| " + " | ".join([f"`{method}`"] + [
                     _fmt_diff(diffs[(method, metric)]) if (method, metric) in diffs else "n/a"
+                    for metric in metrics]) + " |")
+        controls = controls_of(results, task)
+        if controls:
+            against = control_comparisons(results, task)
+            lines += ["", "Against its control (method − control, paired by seed, same statistics; a method that "
+                          "only matches its control gains nothing from what the control leaves out):", ""]
+            header = ["method", "control"] + [f"Δ `{m}`{_arrow((directions.get(m) or {}).get('higher_is_better'))}"
+                                              for m in metrics]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for method, control in controls.items():
+                lines.append("| " + " | ".join([f"`{method}`", f"`{control}`"] + [
+                    _fmt_diff(against[(method, metric)]) if (method, metric) in against else "n/a"
                     for metric in metrics]) + " |")
         if plots and task in plots:
             lines += ["", f"![{task}]({plots[task]})"]

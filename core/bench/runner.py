@@ -231,7 +231,8 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
         meta_tasks[name] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "methods": runnable,
                             "seeds": task_seeds, "preset": {k: v for k, v in spec.items() if k != "seeds"},
                             "metrics": sorted(getattr(cls, "higher_is_better", {}) or {}),
-                            "report_metrics": list(getattr(cls, "report_metrics", ()) or ())}
+                            "report_metrics": list(getattr(cls, "report_metrics", ()) or ()),
+                            "controls": dict(getattr(cls, "bench_controls", {}) or {})}
         for m in runnable:
             for s in task_seeds:
                 cells.append({

@@ -251,6 +251,9 @@ class DigitsDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures
     #: the control of LSF: the same filter keeping the same share of synthetic items, chosen at random
     bench_variants: ClassVar[dict[str, dict]] = {
         "latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}}}
+    #: RESULTS.md also compares LSF with that control, paired by seed
+    bench_controls: ClassVar[dict[str, str]] = {
+        "accumulate-subsample+latent-filter": "accumulate-subsample+latent-filter-random"}
     #: pool keys of the input and of the class label (read by label-aware plugins such as latent-filter)
     input_key: ClassVar[str] = "x"
     label_key: ClassVar[str] = "y"
