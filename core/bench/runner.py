@@ -13,8 +13,8 @@ a classmethod ``preset(name) -> dict`` of shape::
 Every method of a task gets the same preset (same budget). A method is a plugin
 short name or several joined by ``+``; a part may also be a *variant* the preset declares (another
 name for a plugin with other init_args, e.g. a control such as a random filter; its init_args are
-merged over the plugin's ``plugin_args``, so the rest of its settings stay the same). Each cell is an ordinary run directory
-``OUT/runs/<preset>/<task>/<method>-s<seed>/`` (its ``config.yaml`` re-runs it
+merged over the plugin's ``plugin_args``, so the rest of its settings stay the same). Each cell is an
+ordinary run directory ``OUT/runs/<preset>/<task>/<method>-s<seed>/`` (its ``config.yaml`` re-runs it
 with ``collapsekit run --config``), so a re-run skips finished generations and
 cells. Results: ``OUT/results.json`` (long format, documented in ``configs/bench/README.md``),
 ``OUT/RESULTS.md`` and ``OUT/plots/<task>.png``.
