@@ -29,7 +29,7 @@ commands:
   tasks       list discovered benchmark tasks
   hooks       print the hook reference                 (--markdown for the README table)
   bench       run the shared benchmark suite           (--preset smoke|cpu|gpu|gpu-quick, --perf)
-  report      redraw the plots of a run or bench directory
+  report      redraw the plots of a run or bench directory; compare several runs (paired by seed)
   new-plugin  write a ready plugin distribution from the template
 
 `collapsekit COMMAND --help` shows each command's options."""
@@ -362,12 +362,14 @@ def cmd_bench(argv: Sequence[str]) -> int:
 
 
 def cmd_report(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="collapsekit report", description="Redraw plots of a run or bench dir.")
-    p.add_argument("path")
+    p = argparse.ArgumentParser(prog="collapsekit report", description="Redraw plots of a run or bench dir; "
+                                "with several run dirs, compare them (paired by seed) in OUT/RESULTS.md.")
+    p.add_argument("path", nargs="+", help="a run dir, a bench dir, or several run dirs (e.g. runs/*-s*)")
+    p.add_argument("--out", default=None, help="folder for the comparison of several runs (default: compare)")
     args = p.parse_args(argv)
     from .bench.report import report
 
-    for path in report(args.path):
+    for path in report(*args.path, out=args.out):
         print(path)
     return 0
 

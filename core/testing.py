@@ -23,6 +23,7 @@ provides the fixture ``collapsekit_run_tiny``.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import json
@@ -50,6 +51,24 @@ VALUE_HOOKS = tuple(name for name, contract in HOOKS.items() if contract.combine
 __all__ = ["PluginConformance", "ConformanceError", "check_hooks", "check_picklable", "check_requirements",
            "check_hook_result", "run_tiny", "toy_task", "collapsekit_run_tiny", "RESERVED_LOSS_TERMS",
            "RESERVED_METRIC_PREFIXES"]
+
+
+#: torch intra-op thread counts every slow claim test runs under: the reductions of 1 and 2 threads
+#: take different floating-point paths, and a claim must hold on both (``pytest.mark.parametrize``)
+CLAIM_THREADS = (1, 2)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``torch.set_num_threads(n)``; the previous count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class ConformanceError(AssertionError):

@@ -127,7 +127,11 @@ def test_report_plots_a_single_run(tmp_path, tiny_task):
         report(tmp_path)
 
 
-def test_markdown_table_mean_std_and_best():
+def _table_lines(md, method):
+    return [line for line in md.splitlines() if line.startswith(f"| `{method}`")]
+
+
+def test_markdown_table_mean_std_and_no_bold_with_two_seeds():
     from collapsekit.bench.report import render_markdown
 
     values = {("a", 0): 2.0, ("a", 1): 4.0, ("b", 0): 1.0, ("b", 1): 1.5}   # loss: lower is better
@@ -142,16 +146,47 @@ def test_markdown_table_mean_std_and_best():
                           "metrics": {"loss": {"higher_is_better": False}, "acc": {"higher_is_better": True},
                                       "entropy": {"higher_is_better": None},
                                       "pool/size": {"higher_is_better": None}}})
-    line_a = next(line for line in md.splitlines() if line.startswith("| `a`"))
-    line_b = next(line for line in md.splitlines() if line.startswith("| `b`"))
+    line_a, line_b = _table_lines(md, "a")[0], _table_lines(md, "b")[0]
+    assert line_a.startswith("| `a` (reference) |")        # no baseline: the first method is the reference
     mean_a, sd_a = statistics.mean([3.0, 5.0]), statistics.stdev([3.0, 5.0])
     mean_b, sd_b = statistics.mean([2.0, 2.5]), statistics.stdev([2.0, 2.5])
-    assert f"{mean_a:.4g} ± {sd_a:.2g}" in line_a and f"**{mean_b:.4g} ± {sd_b:.2g}**" in line_b
-    assert f"**{mean_a:.4g}" not in line_a
-    assert line_a.count("**0.55 ± 0.071**") == 1 and line_b.count("**0.55 ± 0.071**") == 1  # a tie: both best
+    assert f"{mean_a:.4g} ± {sd_a:.2g}" in line_a and f"{mean_b:.4g} ± {sd_b:.2g}" in line_b
+    assert "**" not in line_a + line_b and "▲" not in md.split("## t")[1]     # 2 seeds: nothing marked
+    assert "Difference from `a`: n/a (needs ≥ 3 seeds paired with the reference; this table has 2)" in md
     header = next(line for line in md.splitlines() if line.startswith("| method"))
     assert "`entropy` |" in header and "`loss` ↓" in header and "pool/size" not in header  # declared, unranked
-    assert "1.5 ± 0.71 |" in line_a and "**1.5" not in line_a
+    assert "1.5 ± 0.71 |" in line_a
+
+
+def test_markdown_marks_only_significant_differences_with_their_interval():
+    from collapsekit.bench.report import render_markdown
+    from collapsekit.bench.stats import compare
+
+    seeds = range(5)
+    base = {s: 10.0 + s for s in seeds}
+    final = {"baseline": base,
+             "good": {s: base[s] - 1.0 - 0.05 * s for s in seeds},            # lower loss on every seed
+             "noisy": {s: base[s] + (0.5, -0.5, 0.3, -0.2, 0.1)[s] for s in seeds},
+             "bad": {s: base[s] + 2.0 + 0.1 * (s % 2) for s in seeds}}
+    rows = [{"task": "t", "method": m, "seed": s, "generation": 0, "metric": "loss", "value": v}
+            for m, by_seed in final.items() for s, v in by_seed.items()]
+    md = render_markdown({"meta": {"preset": "x", "tasks": {"t": {"metrics": ["loss"],
+                                                                  "methods": list(final)}}},
+                          "rows": rows, "metrics": {"loss": {"higher_is_better": False}}})
+    assert "paired bootstrap" in md and "paired t-test" in md
+    table = {m: _table_lines(md, m) for m in final}
+    assert table["baseline"][0].startswith("| `baseline` (reference) | 5 |") and len(table["baseline"]) == 1
+    good_row, good_diff = table["good"]
+    c = compare(final["good"], base, higher_is_better=False)
+    assert c.significant and c.better
+    assert "** ▲" not in good_row and good_row.count("**") == 2 and "▲**" in good_row
+    assert f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g} ▲" in good_diff
+    noisy_row, noisy_diff = table["noisy"]
+    assert "**" not in noisy_row and "▲" not in noisy_row + noisy_diff and "▼" not in noisy_row + noisy_diff
+    n = compare(final["noisy"], base, higher_is_better=False)
+    assert not n.significant and f"{n.mean:+.3g} [{n.ci[0]:+.3g}, {n.ci[1]:+.3g}]" in noisy_diff
+    bad_row, bad_diff = table["bad"]
+    assert "▼" in bad_row and "▼" in bad_diff and "**" not in bad_row
 
 
 def test_method_names():
@@ -162,6 +197,26 @@ def test_method_names():
     with pytest.raises(ConfigError, match="bad method"):
         method_parts("a++b")
     assert method_plugins("a+b", {"B": {"x": 1}}) == ["a", {"class_path": "b", "init_args": {"x": 1}}]
+
+
+def test_method_variants_are_their_plugin_with_other_init_args():
+    variants = {"b-random": {"plugin": "b", "init_args": {"scorer": "random"}}}
+    # the variant keeps the plugin's plugin_args (same kept share) and overrides its own keys
+    assert method_plugins("a+b-random", {"b": {"keep": 0.3, "scorer": "probe"}}, variants) == \
+        ["a", {"class_path": "b", "init_args": {"keep": 0.3, "scorer": "random"}}]
+    assert method_plugins("b", {"b": {"keep": 0.3}}, variants) == [{"class_path": "b", "init_args": {"keep": 0.3}}]
+    with pytest.raises(ConfigError, match="variant 'bad'"):
+        method_plugins("bad", None, {"bad": {"init_args": {}}})
+
+
+def test_digits_diffusion_runs_lsf_beside_its_random_filter_control():
+    cells, info = plan("cpu", tasks=["digits-diffusion"], seeds=[0], progress=False)
+    by_method = {c["method"]: c["plugins"] for c in cells}
+    lsf, control = "accumulate-subsample+latent-filter", "accumulate-subsample+latent-filter-random"
+    assert lsf in by_method and control in by_method
+    assert by_method[lsf] == ["accumulate-subsample", "latent-filter"]
+    assert by_method[control] == ["accumulate-subsample", {"class_path": "latent-filter",
+                                                           "init_args": {"scorer": "random"}}]
 
 
 def test_unknown_method_is_an_error_with_did_you_mean(tmp_path):
@@ -270,3 +325,94 @@ def test_gpu_quick_is_the_gpu_preset_cut_to_minutes():
 def test_bench_cli_rejects_bad_jobs(cli):
     code, _, err = cli("bench", "--jobs", "0")
     assert code == 2 and "--jobs must be at least 1" in err
+
+
+def test_cpu_preset_gives_cheap_tasks_enough_seeds_for_paired_statistics():
+    """A paired comparison needs >= 3 seeds; the cheap tasks get 5 (budget in configs/bench/README.md)."""
+    from collapsekit.bench.stats import MIN_SEEDS
+
+    _, info = plan("cpu", progress=False, require_installed=False)
+    seeds = {task: entry["seeds"] for task, entry in info["tasks"].items()}
+    cheap = ("gaussian", "linear-regression", "markov-text", "digits-classify", "digits-diffusion", "bible-lm",
+             "facts-unlearning")
+    for task in cheap:
+        assert len(seeds[task]) >= 5 >= MIN_SEEDS, (task, seeds[task])
+    assert seeds["multiplication"] == [0, 1]      # what the 45-minute budget allows
+
+
+def test_report_metrics_are_columns_even_without_a_direction():
+    from collapsekit.bench.report import final_table, render_markdown
+
+    rows = [{"task": "t", "method": m, "seed": 0, "generation": 0, "metric": k, "value": 0.5}
+            for m in ("baseline", "token-editing") for k in ("kl", "token_editing/share_above", "other/x")]
+    results = {"meta": {"preset": "x", "tasks": {"t": {"metrics": ["kl"],
+                                                       "report_metrics": ["token_editing/share_above"]}}},
+               "rows": rows, "metrics": {"kl": {"higher_is_better": False},
+                                         "token_editing/share_above": {"higher_is_better": None},
+                                         "other/x": {"higher_is_better": None}}}
+    _, metrics, _ = final_table(results, "t")
+    assert metrics == ["kl", "token_editing/share_above"]
+    assert "`token_editing/share_above` |" in render_markdown(results)
+
+
+def test_markov_text_reports_token_editing_shares_and_edits_at_its_threshold():
+    from collapsekit.plugins.tasks.markov_text import MarkovText
+
+    assert MarkovText.report_metrics == ("token_editing/share_above", "token_editing/share_changed")
+    cells, info = plan("cpu", tasks=["markov-text"], methods=["token-editing"], seeds=[0], progress=False)
+    assert cells[0]["plugins"] == [{"class_path": "token-editing", "init_args": {"threshold": 0.95}}]
+    assert info["tasks"]["markov-text"]["report_metrics"] == list(MarkovText.report_metrics)
+
+
+def _fake_run(root, name, seed, kl_by_generation):
+    """A finished run directory as the engine leaves it (config.yaml, gen_k/metrics.json, gen_k/done)."""
+    import yaml
+
+    run_dir = root / name
+    for g, kl in enumerate(kl_by_generation):
+        (run_dir / f"gen_{g}").mkdir(parents=True)
+        (run_dir / f"gen_{g}" / "metrics.json").write_text(json.dumps({"kl": kl, "tail_coverage": 0.5}))
+        (run_dir / f"gen_{g}" / "done").write_text("")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"run": {"name": name, "seed": seed},
+         "task": {"class_path": "collapsekit.plugins.tasks.markov_text.MarkovText", "init_args": {}}}))
+    return run_dir
+
+
+def test_report_compares_several_runs_paired_by_seed(tmp_path, cli):
+    from collapsekit.bench.report import runs_results
+    from collapsekit.bench.stats import compare
+
+    dirs = []
+    for seed in range(4):
+        dirs.append(_fake_run(tmp_path, f"baseline-s{seed}", seed, [0.1, 0.3 + 0.01 * seed]))
+        dirs.append(_fake_run(tmp_path, f"accumulate-s{seed}", seed, [0.1, 0.12 + 0.02 * (seed % 2)]))
+    results = runs_results(dirs)
+    assert {(r["method"], r["seed"]) for r in results["rows"]} == \
+        {(m, s) for m in ("baseline", "accumulate") for s in range(4)}
+    assert results["metrics"]["kl"] == {"higher_is_better": False}
+    code, out, _ = cli("report", *map(str, dirs), "--out", str(tmp_path / "cmp"))
+    assert code == 0 and str(tmp_path / "cmp" / "RESULTS.md") in out
+    md = (tmp_path / "cmp" / "RESULTS.md").read_text()
+    c = compare({s: 0.12 + 0.02 * (s % 2) for s in range(4)}, {s: 0.3 + 0.01 * s for s in range(4)}, False)
+    assert c.significant and c.better
+    assert "| `baseline` (reference) | 4 |" in md
+    assert f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g} ▲" in md
+    with pytest.raises(CollapsekitError, match="give each"):
+        runs_results([dirs[0], dirs[0]])
+
+
+def test_a_declared_control_gets_its_own_paired_comparison():
+    from collapsekit.bench.report import render_markdown
+    from collapsekit.bench.stats import compare
+
+    final = {"baseline": {s: 5.0 for s in range(5)}, "lsf": {s: 3.0 - 0.1 * s for s in range(5)},
+             "random": {s: 3.5 - 0.12 * s for s in range(5)}}
+    rows = [{"task": "t", "method": m, "seed": s, "generation": 0, "metric": "fid", "value": v}
+            for m, by_seed in final.items() for s, v in by_seed.items()]
+    md = render_markdown({"meta": {"preset": "x", "tasks": {"t": {"metrics": ["fid"], "methods": list(final),
+                                                                  "controls": {"lsf": "random"}}}},
+                          "rows": rows, "metrics": {"fid": {"higher_is_better": False}}})
+    c = compare(final["lsf"], final["random"], higher_is_better=False)
+    line = next(x for x in md.splitlines() if x.startswith("| `lsf` | `random` |"))
+    assert c.significant and f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g} ▲" in line

@@ -450,3 +450,19 @@ def test_plugins_command_lists_the_installed_third_party_distribution(cli):
     assert rows["brokenplugin"]["distribution"] == DIST and "ImportError" in rows["brokenplugin"]["error"]
     code, out, _ = cli("plugins")
     assert code == 0 and "testplugin" in out and DIST in out
+
+
+def test_torch_threads_sets_and_restores_the_thread_count():
+    import torch
+
+    from collapsekit.testing import CLAIM_THREADS, torch_threads
+
+    assert CLAIM_THREADS == (1, 2)
+    before = torch.get_num_threads()
+    for n in CLAIM_THREADS:
+        with torch_threads(n):
+            assert torch.get_num_threads() == n
+        assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("restored even when the block raises")
+    assert torch.get_num_threads() == before

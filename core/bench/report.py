@@ -3,8 +3,10 @@
 :func:`report` accepts either a run directory (``gen_<k>/metrics.json``; writes
 ``plots/metrics.png``, when the task declares a ``headline``, ``plots/headline.png``, when
 generations wrote ``samples.png``, ``plots/samples.png`` of them side by side, and when they wrote
-``samples.jsonl``, ``plots/samples.md`` with a few texts of each) or a bench directory (``results.json``; writes
-``RESULTS.md`` and ``plots/<task>.png``). Plots use matplotlib's Agg renderer
+``samples.jsonl``, ``plots/samples.md`` with a few texts of each), a bench directory
+(``results.json``; writes ``RESULTS.md`` and ``plots/<task>.png``) or several run directories
+(compared as bench cells, paired by seed: :func:`runs_results`). Tables compare every method
+with its task's reference, paired by seed (:mod:`.stats`). Plots use matplotlib's Agg renderer
 through the object API (no pyplot state is touched).
 """
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import CollapsekitError
 from ..run import finished_generations, read_metrics
+from .stats import METHOD, MIN_SEEDS, Comparison, compare
 
 MAX_PANELS = 4
+BASELINE = "baseline"
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -206,26 +210,91 @@ def headline_of(results: Mapping, task: str, metric_names: Sequence[str]) -> lis
     return chosen[:MAX_PANELS]
 
 
+def reference_method(methods: Sequence[str]) -> str | None:
+    """The method every other method of a task is compared with: ``baseline``, else the first listed."""
+    methods = list(methods)
+    return BASELINE if BASELINE in methods else (methods[0] if methods else None)
+
+
+def final_values(results: Mapping, task: str) -> dict[tuple[str, str], dict[int, Any]]:
+    """``{(method, metric): {seed: value at that cell's final generation}}`` (per-seed, unpaired)."""
+    out: dict[tuple[str, str], dict[int, Any]] = {}
+    for method, seeds in _cells(results)[task].items():
+        for seed, gens in seeds.items():
+            for metric, value in gens[max(gens)].items():
+                out.setdefault((method, metric), {})[seed] = value
+    return out
+
+
 def final_table(results: Mapping, task: str) -> tuple[list[str], list[str], dict[tuple[str, str], tuple]]:
     """``(methods, metrics, {(method, metric): (mean, std, n)})`` at each cell's final generation.
 
-    Metrics: the headline first, then the task's declared metrics and every metric with a direction
+    Metrics: the headline first, then the task's declared metrics, its ``report_metrics`` (plugin
+    metrics worth a column, e.g. how often token editing fires) and every metric with a direction
     (engine diagnostics such as ``loss/*`` or ``pool/size`` stay in ``results.json`` only).
     """
     tree = _cells(results)[task]
     directions = results.get("metrics") or {}
-    declared = set((((results.get("meta") or {}).get("tasks") or {}).get(task) or {}).get("metrics") or [])
-    finals: dict[tuple[str, str], list] = {}
-    for method, seeds in tree.items():
-        for gens in seeds.values():
-            for metric, value in gens[max(gens)].items():
-                finals.setdefault((method, metric), []).append(value)
+    entry = (((results.get("meta") or {}).get("tasks") or {}).get(task) or {})
+    declared = set(entry.get("metrics") or [])
+    extra = list(entry.get("report_metrics") or _task_attr(entry.get("class_path"), "report_metrics", ()) or ())
+    finals = final_values(results, task)
     present = sorted({m for _, m in finals})
     head = headline_of(results, task, present)
     names = [m for m in present if m in declared or (directions.get(m) or {}).get("higher_is_better") is not None]
-    metrics = head + [m for m in names if m not in head]
+    metrics = head + [m for m in names if m not in head] + [m for m in extra if m in present and m not in head
+                                                            and m not in names]
     methods = _method_order(results, task, tree)
-    return methods, metrics, {k: mean_std(v) for k, v in finals.items()}
+    return methods, metrics, {k: mean_std(v.values()) for k, v in finals.items()}
+
+
+def comparisons(results: Mapping, task: str) -> tuple[str | None, dict[tuple[str, str], Comparison]]:
+    """``(reference method, {(method, metric): Comparison})`` of every other method at the final generation.
+
+    Paired by seed with :func:`collapsekit.bench.stats.compare`, for the metrics of :func:`final_table`.
+    """
+    methods, metrics, _ = final_table(results, task)
+    directions = results.get("metrics") or {}
+    finals = final_values(results, task)
+    ref = reference_method(methods)
+    out = {}
+    for method in methods:
+        if method == ref:
+            continue
+        for metric in metrics:
+            if (method, metric) in finals and (ref, metric) in finals:
+                out[(method, metric)] = compare(finals[(method, metric)], finals[(ref, metric)],
+                                                (directions.get(metric) or {}).get("higher_is_better"))
+    return ref, out
+
+
+def controls_of(results: Mapping, task: str) -> dict[str, str]:
+    """``{method: its control method}`` the task declares (``bench_controls``), both present in the results."""
+    entry = (((results.get("meta") or {}).get("tasks") or {}).get(task) or {})
+    declared = entry.get("controls") or _task_attr(entry.get("class_path"), "bench_controls", {}) or {}
+    present = set(_cells(results)[task])
+    return {m: c for m, c in declared.items() if m in present and c in present}
+
+
+def control_comparisons(results: Mapping, task: str) -> dict[tuple[str, str], Comparison]:
+    """``{(method, metric): Comparison}`` of each method with its declared control, paired by seed."""
+    _, metrics, _ = final_table(results, task)
+    directions = results.get("metrics") or {}
+    finals = final_values(results, task)
+    out = {}
+    for method, control in controls_of(results, task).items():
+        for metric in metrics:
+            if (method, metric) in finals and (control, metric) in finals:
+                out[(method, metric)] = compare(finals[(method, metric)], finals[(control, metric)],
+                                                (directions.get(metric) or {}).get("higher_is_better"))
+    return out
+
+
+def _fmt_diff(c: Comparison) -> str:
+    if c.ci is None:
+        return f"n/a (needs ≥ {MIN_SEEDS} seeds; {c.n} paired)"
+    mark = {True: " ▲", False: " ▼"}.get(c.better, " ≠" if c.significant else "")
+    return f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g}{mark}"
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -250,8 +319,11 @@ def render_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
     lines += [f"- **{k}**: {v}" for k, v in facts if v not in (None, "")]
     lines += ["", "Each cell is one (task, method, seed) run of the engine with the same budget for every method "
               "of a task. Tables show the **final generation**, mean ± sample std over seeds; ↑ / ↓ = higher / "
-              "lower is better (no arrow: reported, not ranked); **bold** = best mean in the column. Full "
-              "per-generation numbers: `results.json`.",
+              "lower is better (no arrow: reported, not ranked). Every method is compared with its task's "
+              "reference (`baseline`, else the first method listed), **paired by seed**: "
+              f"{METHOD}. ▲ / ▼ = significantly better / worse than the reference; **bold** = significantly "
+              "better (no bold for the best mean within noise); ≠ = significantly different, metric not ranked. "
+              "With fewer than 3 seeds nothing is marked. Full per-generation, per-seed numbers: `results.json`.",
               ""]
     tree = _cells(results) if results.get("rows") else {}
     cell_time: dict[tuple[str, str], list[float]] = {}
@@ -259,17 +331,14 @@ def render_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
         cell_time.setdefault((c["task"], c["method"]), []).append(c["seconds"])
     for task in tree:
         methods, metrics, stats = final_table(results, task)
+        ref, diffs = comparisons(results, task)
         gens = sorted({g for seeds in tree[task].values() for gs in seeds.values() for g in gs})
         preset = ((meta.get("tasks") or {}).get(task) or {}).get("preset") or {}
         lines += [f"## {task}", "",
                   f"{len(gens)} generations; trainer {json.dumps(preset.get('trainer', {}))}; "
-                  f"task {json.dumps(preset.get('task', {}))}", ""]
-        best: dict[str, float] = {}
-        for metric in metrics:
-            up = (directions.get(metric) or {}).get("higher_is_better")
-            means = [stats[(m, metric)][0] for m in methods if (m, metric) in stats and stats[(m, metric)][2]]
-            if len(means) > 1 and up is not None:
-                best[metric] = max(means) if up else min(means)
+                  f"task {json.dumps(preset.get('task', {}))}"
+                  + (f"; plugin_args {json.dumps(preset['plugin_args'])}" if preset.get("plugin_args") else "")
+                  + (f"; variants {json.dumps(preset['variants'])}" if preset.get("variants") else ""), ""]
         header = ["method", "seeds"] + [f"`{m}`{_arrow((directions.get(m) or {}).get('higher_is_better'))}"
                                          for m in metrics] \
             + ["wall s / seed"]
@@ -280,11 +349,42 @@ def render_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
             for metric in metrics:
                 mean, std, n = stats.get((method, metric), (math.nan, math.nan, 0))
                 text = _fmt(mean, std, n)
-                is_best = n and metric in best and math.isclose(mean, best[metric], rel_tol=1e-9, abs_tol=1e-12)
-                cells.append(f"**{text}**" if is_best else text)
+                c = diffs.get((method, metric))
+                if c is not None and c.significant:
+                    text += {True: " ▲", False: " ▼"}.get(c.better, " ≠")
+                cells.append(f"**{text}**" if c is not None and c.better else text)
             secs = cell_time.get((task, method))
-            lines.append("| " + " | ".join([f"`{method}`", str(n_seeds), *cells,
+            label = f"`{method}`" + (" (reference)" if method == ref and len(methods) > 1 else "")
+            lines.append("| " + " | ".join([label, str(n_seeds), *cells,
                                             f"{sum(secs) / len(secs):.0f}" if secs else "?"]) + " |")
+        if diffs and all(c.ci is None for c in diffs.values()):
+            most = max(c.n for c in diffs.values())
+            lines += ["", f"Difference from `{ref}`: n/a (needs ≥ {MIN_SEEDS} seeds paired with the reference; "
+                          f"this table has {most}), so nothing is marked or bolded."]
+        elif diffs:
+            lines += ["", f"Difference from `{ref}` (method − reference, mean over paired seeds "
+                          f"[95% paired bootstrap CI], paired t-test p; ▲ / ▼ significantly better / worse):", ""]
+            header = ["method"] + [f"Δ `{m}`{_arrow((directions.get(m) or {}).get('higher_is_better'))}"
+                                   for m in metrics]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for method in methods:
+                if method == ref:
+                    continue
+                lines.append("| " + " | ".join([f"`{method}`"] + [
+                    _fmt_diff(diffs[(method, metric)]) if (method, metric) in diffs else "n/a"
+                    for metric in metrics]) + " |")
+        controls = controls_of(results, task)
+        if controls:
+            against = control_comparisons(results, task)
+            lines += ["", "Against its control (method − control, paired by seed, same statistics; a method that "
+                          "only matches its control gains nothing from what the control leaves out):", ""]
+            header = ["method", "control"] + [f"Δ `{m}`{_arrow((directions.get(m) or {}).get('higher_is_better'))}"
+                                              for m in metrics]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for method, control in controls.items():
+                lines.append("| " + " | ".join([f"`{method}`", f"`{control}`"] + [
+                    _fmt_diff(against[(method, metric)]) if (method, metric) in against else "n/a"
+                    for metric in metrics]) + " |")
         if plots and task in plots:
             lines += ["", f"![{task}]({plots[task]})"]
         lines.append("")
@@ -354,8 +454,72 @@ def render_bench(bench_dir: str | Path) -> list[Path]:
     return [md, *plots.values()]
 
 
-def report(run_dir: str | Path) -> list[Path]:
-    """Redraw the plots of a run directory, or re-render a bench directory; return the files written."""
+def _run_config(run_dir: Path) -> dict:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise CollapsekitError(f"{run_dir}: cannot read its config.yaml ({exc}); comparing runs needs each run's "
+                               "seed and task from it") from None
+
+
+def runs_results(run_dirs: Sequence[str | Path]) -> dict:
+    """A bench-style results dict (``meta``/``metrics``/``rows``) built from plain run directories.
+
+    Each run is one cell: task = its task's ``name`` (else class name), method = the run name without a
+    trailing ``-s<seed>`` (the bench's cell names), seed = ``run.seed`` of its ``config.yaml``. Two runs
+    with the same (task, method, seed) are an error (they would be paired twice).
+    """
+    rows, directions, seen, headline, tasks = [], {}, {}, {}, {}
+    for run_dir in map(Path, run_dirs):
+        config = _run_config(run_dir)
+        run = config.get("run") or {}
+        class_path = (config.get("task") or {}).get("class_path")
+        task = _task_attr(class_path, "name", None) or (class_path or "task").rpartition(".")[2]
+        seed = int(run.get("seed", 0))
+        method = re.sub(rf"-s{seed}$", "", str(run.get("name") or run_dir.name))
+        key = (task, method, seed)
+        if key in seen:
+            raise CollapsekitError(f"{run_dir} and {seen[key]} are both task {task!r}, method {method!r}, seed {seed}; "
+                                   "give each (method, seed) once")
+        seen[key] = run_dir
+        metrics = read_run_metrics(run_dir)
+        if not metrics:
+            raise CollapsekitError(f"{run_dir} holds no finished generation (no gen_0/done)")
+        for g, m in enumerate(metrics):
+            for k, v in sorted(m.items()):
+                if isinstance(v, (int, float)):
+                    rows.append({"task": task, "method": method, "seed": seed, "generation": g, "metric": k,
+                                 "value": float(v) if math.isfinite(v) else None})
+        for k, v in (_task_attr(class_path, "higher_is_better", {}) or {}).items():
+            directions.setdefault(k, None if v is None else bool(v))
+        headline[task] = list(_task_attr(class_path, "headline", ()) or ())
+        entry = tasks.setdefault(task, {"class_path": class_path, "methods": [], "seeds": [],
+                                        "metrics": sorted(_task_attr(class_path, "higher_is_better", {}) or {})})
+        entry["methods"] = list(dict.fromkeys([*entry["methods"], method]))
+        entry["seeds"] = sorted({*entry["seeds"], seed})
+    metric_meta = {r["metric"]: {"higher_is_better": directions.get(r["metric"])} for r in rows}
+    return {"meta": {"preset": "runs", "seeds": sorted({k[2] for k in seen}), "tasks": tasks, "headline": headline},
+            "metrics": metric_meta, "rows": rows}
+
+
+def report(run_dir: str | Path, *more: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Redraw the plots of a run directory, or re-render a bench directory; return the files written.
+
+    With several run directories (``report(a, b, c, out=DIR)``), compare them as bench cells
+    (:func:`runs_results`): ``DIR/RESULTS.md`` with the same paired-by-seed statistics as a bench,
+    ``DIR/results.json`` and ``DIR/plots/<task>.png`` (``DIR`` defaults to ``compare`` in the current folder).
+    """
+    if more:
+        results = runs_results([run_dir, *more])
+        target = Path(out or "compare")
+        target.mkdir(parents=True, exist_ok=True)
+        from .runner import write_results
+
+        written = [write_results(target, results)]
+        return [*render_bench(target), *written]
     path = Path(run_dir)
     if (path / "results.json").is_file():
         return render_bench(path)

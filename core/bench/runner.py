@@ -7,11 +7,14 @@ a classmethod ``preset(name) -> dict`` of shape::
     {"task": {init_args}, "trainer": {Trainer kwargs}, "generations": G,
      # optional:
      "seeds": [0, 1], "methods": [...], "init": "scratch", "samples_per_generation": N,
-     "plugin_args": {"token-editing": {"threshold": 0.99}}}
+     "plugin_args": {"token-editing": {"threshold": 0.99}},
+     "variants": {"latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}}}}
 
 Every method of a task gets the same preset (same budget). A method is a plugin
-short name or several joined by ``+``. Each cell is an ordinary run directory
-``OUT/runs/<preset>/<task>/<method>-s<seed>/`` (its ``config.yaml`` re-runs it
+short name or several joined by ``+``; a part may also be a *variant* the preset declares (another
+name for a plugin with other init_args, e.g. a control such as a random filter; its init_args are
+merged over the plugin's ``plugin_args``, so the rest of its settings stay the same). Each cell is an
+ordinary run directory ``OUT/runs/<preset>/<task>/<method>-s<seed>/`` (its ``config.yaml`` re-runs it
 with ``collapsekit run --config``), so a re-run skips finished generations and
 cells. Results: ``OUT/results.json`` (long format, documented in ``configs/bench/README.md``),
 ``OUT/RESULTS.md`` and ``OUT/plots/<task>.png``.
@@ -82,13 +85,30 @@ def method_parts(method: str) -> list[str]:
     return parts
 
 
-def check_method(method: str, available: Mapping[str, Any], known_methods: Iterable[str] = ()) -> None:
-    """Raise ``PluginNotFound`` (with "did you mean") or ``PluginLoadError`` if a part is not installed."""
+def _variant_plugin(part: str, variants: Mapping[str, Mapping] | None) -> str:
+    """The plugin name behind ``part``: a variant's ``plugin``, else ``part`` itself."""
+    from ..registry import normalize
+
+    found = {normalize(k): v for k, v in (variants or {}).items()}
+    entry = found.get(normalize(part))
+    if entry is None:
+        return part
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("plugin"), str):
+        raise ConfigError(f"variant {part!r} must be {{'plugin': <plugin name>, 'init_args': {{...}}}}, got {entry!r}")
+    return entry["plugin"]
+
+
+def check_method(method: str, available: Mapping[str, Any], known_methods: Iterable[str] = (),
+                 variants: Mapping[str, Mapping] | None = None) -> None:
+    """Raise ``PluginNotFound`` (with "did you mean") or ``PluginLoadError`` if a part is not installed.
+
+    A part named in ``variants`` is checked as the plugin it stands for.
+    """
     import difflib
 
     from ..registry import normalize, resolve
 
-    for part in method_parts(method):
+    for part in [_variant_plugin(p, variants) for p in method_parts(method)]:
         if normalize(part) not in {normalize(k) for k in available}:
             candidates = sorted(c for c in set(available) | {BASELINE} | set(known_methods)
                                 if normalize(c) != normalize(part))
@@ -103,13 +123,22 @@ def check_method(method: str, available: Mapping[str, Any], known_methods: Itera
         resolve(part, dict(available))  # raises PluginLoadError naming the distribution
 
 
-def method_plugins(method: str, plugin_args: Mapping[str, Mapping] | None = None) -> list[Any]:
-    """The ``run.plugins`` list of ``method``, with ``plugin_args[name]`` as init_args where given."""
+def method_plugins(method: str, plugin_args: Mapping[str, Mapping] | None = None,
+                   variants: Mapping[str, Mapping] | None = None) -> list[Any]:
+    """The ``run.plugins`` list of ``method``, with ``plugin_args[name]`` as init_args where given.
+
+    A part named in ``variants`` becomes its ``plugin`` with ``{**plugin_args[plugin], **init_args}``.
+    """
     from ..registry import normalize
 
     args = {normalize(k): dict(v) for k, v in (plugin_args or {}).items()}
-    return [{"class_path": p, "init_args": args[normalize(p)]} if normalize(p) in args else p
-            for p in method_parts(method)]
+    found = {normalize(k): v for k, v in (variants or {}).items()}
+    out: list[Any] = []
+    for part in method_parts(method):
+        plugin = _variant_plugin(part, variants)
+        init = {**args.get(normalize(plugin), {}), **dict((found.get(normalize(part)) or {}).get("init_args") or {})}
+        out.append({"class_path": plugin, "init_args": init} if init else plugin)
+    return out
 
 
 def task_preset(cls: type, preset: str, overrides: Mapping[str, Mapping] | None, name: str) -> dict:
@@ -155,9 +184,15 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
     available = {n: i for n, i in discover().items()}
     installed = {normalize(n) for n in available}
     known = {m for cls in classes.values() for m in getattr(cls, "bench_methods", ())}
+    all_variants: dict[str, Mapping] = {}
+    for name, cls in classes.items():
+        try:
+            all_variants.update(task_preset(cls, preset, overrides, name).get("variants") or {})
+        except ConfigError:
+            pass
     for m in methods or ():
         if require_installed:
-            check_method(m, available, known)
+            check_method(m, available, known, all_variants)
         else:
             method_parts(m)
     cells: list[dict] = []
@@ -177,9 +212,10 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
         for m in task_methods:
             if methods is None and require_installed:
                 try:
-                    check_method(m, available, known)
+                    check_method(m, available, known, spec.get("variants"))
                 except PluginNotFound:
-                    missing = [p for p in method_parts(m) if normalize(p) not in installed]
+                    missing = [p for p in method_parts(m)
+                               if normalize(_variant_plugin(p, spec.get("variants"))) not in installed]
                     reason = f"plugin {', '.join(missing)} not installed"
                     skipped.append({"task": name, "method": m, "reason": reason})
                     _note(progress, f"{name}: method {m!r} skipped ({reason})")
@@ -195,7 +231,9 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
         trainer = _trainer_args(preset, spec)
         meta_tasks[name] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "methods": runnable,
                             "seeds": task_seeds, "preset": {k: v for k, v in spec.items() if k != "seeds"},
-                            "metrics": sorted(getattr(cls, "higher_is_better", {}) or {})}
+                            "metrics": sorted(getattr(cls, "higher_is_better", {}) or {}),
+                            "report_metrics": list(getattr(cls, "report_metrics", ()) or ()),
+                            "controls": dict(getattr(cls, "bench_controls", {}) or {})}
         for m in runnable:
             for s in task_seeds:
                 cells.append({
@@ -204,7 +242,7 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
                     "trainer": trainer, "generations": int(spec["generations"]),
                     "init": spec.get("init", "scratch"),
                     "samples_per_generation": spec.get("samples_per_generation"),
-                    "plugins": method_plugins(m, spec.get("plugin_args")),
+                    "plugins": method_plugins(m, spec.get("plugin_args"), spec.get("variants")),
                     "headline": list(getattr(cls, "headline", ()) or ()),
                 })
     info = {"tasks": meta_tasks, "skipped": skipped, "task_errors": task_errors,

@@ -45,6 +45,7 @@ from collapsekit.plugins.tasks.digits import check_split, load_digit_images
 from collapsekit.plugins.sampling import filter_logits
 from collapsekit.pool import REAL, Pool
 from collapsekit.task import Task
+from ._bench import CHEAP_SEEDS
 
 NUM_CLASSES = 10
 SIDE = 8
@@ -162,6 +163,31 @@ class DigitsMLP(nn.Module):
         return self.forward_all(images)[0]
 
 
+class DigitsCNN(nn.Module):
+    """Small CNN on the 8x8 digits: conv 3x3 1 -> ``channels`` -> 2 ``channels`` (ReLU), 2x2 max-pool,
+    linear -> ``feature_dim`` (ReLU) -> 10 classes.
+
+    Same interface as :class:`DigitsMLP`: ``forward_all`` returns ``(logits, hidden_states)`` with two
+    hidden states, the flattened pooled conv map [N, 2 * channels * 16] and the penultimate features.
+    """
+
+    def __init__(self, channels: int = 16, feature_dim: int = 32, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, 2 * channels, 3, padding=1)
+        self.fc = nn.Linear(2 * channels * (SIDE // 2) ** 2, feature_dim)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward_all(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        x = images.reshape(len(images), 1, SIDE, SIDE)
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2).flatten(1)
+        feats = F.relu(self.fc(x))
+        return self.head(feats), (x, feats)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(images)[0]
+
+
 # -- task ------------------------------------------------------------------------------------------
 class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, TwoViews):
     """Classification of the 8x8 digits with pseudo-label self-training across generations.
@@ -169,7 +195,8 @@ class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, 
     Args:
         train_size: real labelled training images (drawn from the 1797 digits by the run's data seed).
         heldout_size: held-out real images for the probes (disjoint from training).
-        hidden: width of the first hidden layer.
+        hidden: width of the first hidden layer (``arch="mlp"``), channels of the first conv (``arch="cnn"``).
+        arch: ``mlp`` (:class:`DigitsMLP`, default) or ``cnn`` (:class:`DigitsCNN`).
         feature_dim: width of the penultimate (feature) layer.
         view_noise: noise std of the two augmented views (:meth:`augmented_views`).
         view_shift: maximal shift in pixels of the two augmented views.
@@ -193,9 +220,12 @@ class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, 
     def __init__(self, train_size: int = 1000, heldout_size: int = 500, hidden: int = 128, feature_dim: int = 32,
                  view_noise: float = 0.1, view_shift: int = 1, synth_noise: float = 0.1, synth_shift: int = 0,
                  batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.0,
-                 eval_batch_size: int = 1024) -> None:
+                 eval_batch_size: int = 1024, arch: str = "mlp") -> None:
         super().__init__(batch_size=batch_size, lr=lr, weight_decay=weight_decay)
         check_split(train_size, heldout_size)
+        if arch not in ("mlp", "cnn"):
+            raise ValueError(f"arch must be 'mlp' or 'cnn', got {arch!r}")
+        self.arch = arch
         if hidden < 1 or feature_dim < 1:
             raise ValueError(f"hidden and feature_dim must be >= 1, got {hidden} and {feature_dim}")
         if min(view_noise, synth_noise) < 0 or min(view_shift, synth_shift) < 0:
@@ -210,7 +240,7 @@ class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, 
         "smoke": {"task": {"train_size": 300, "heldout_size": 200, "hidden": 64, "feature_dim": 16, "lr": 1e-2},
                   "trainer": {"max_steps": 60}, "generations": 2},
         "cpu": {"task": {"train_size": 1000, "heldout_size": 500},
-                "trainer": {"max_steps": 600}, "generations": 5},
+                "trainer": {"max_steps": 600}, "generations": 5, "seeds": CHEAP_SEEDS},
         "gpu": {"task": {"train_size": 1297, "heldout_size": 500, "hidden": 512, "feature_dim": 128,
                          "batch_size": 128},
                 "trainer": {"max_steps": 4000}, "generations": 10},
@@ -242,6 +272,8 @@ class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, 
 
     # -- model ------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
+        if self.arch == "cnn":
+            return DigitsCNN(self.hidden, self.feature_dim)
         return DigitsMLP(self.hidden, self.feature_dim)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], requirements: frozenset[str]) -> dict[str, Any]:

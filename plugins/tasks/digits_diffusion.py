@@ -52,6 +52,7 @@ from collapsekit.plugins.tasks.digits import check_split, load_digit_images
 from collapsekit.pool import REAL, Pool
 from collapsekit.seeds import derive_seed
 from collapsekit.task import Task
+from ._bench import CHEAP_SEEDS
 
 NUM_CLASSES = 10
 DIM = 64
@@ -245,7 +246,14 @@ class DigitsDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures
         "fid": False, "class_accuracy": True, "effective_rank": True, "ole": False, "heldout_loss": False}
     headline: ClassVar[tuple[str, ...]] = ("fid", "class_accuracy", "ole", "effective_rank")
     bench_methods: ClassVar[tuple[str, ...]] = (
-        "baseline", "accumulate", "accumulate-subsample", "accumulate-subsample+latent-filter")
+        "baseline", "accumulate", "accumulate-subsample", "accumulate-subsample+latent-filter",
+        "accumulate-subsample+latent-filter-random")
+    #: the control of LSF: the same filter keeping the same share of synthetic items, chosen at random
+    bench_variants: ClassVar[dict[str, dict]] = {
+        "latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}}}
+    #: RESULTS.md also compares LSF with that control, paired by seed
+    bench_controls: ClassVar[dict[str, str]] = {
+        "accumulate-subsample+latent-filter": "accumulate-subsample+latent-filter-random"}
     #: pool keys of the input and of the class label (read by label-aware plugins such as latent-filter)
     input_key: ClassVar[str] = "x"
     label_key: ClassVar[str] = "y"
@@ -286,13 +294,14 @@ class DigitsDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures
     presets: ClassVar[dict[str, dict]] = {
         "smoke": {"task": {"train_size": 200, "heldout_size": 100, "timesteps": 20, "hidden": 32, "depth": 1,
                            "time_dim": 16, "eval_samples": 100, "evaluator_steps": 60, "batch_size": 64},
-                  "trainer": {"max_steps": 40}, "generations": 2},
+                  "trainer": {"max_steps": 40}, "generations": 2, "variants": bench_variants},
         "cpu": {"task": {"train_size": 1000, "heldout_size": 500, "timesteps": 100, "hidden": 256,
                          "depth": 2},
-                "trainer": {"max_steps": 1000}, "generations": 5},
+                "trainer": {"max_steps": 1000}, "generations": 5, "variants": bench_variants,
+                "seeds": CHEAP_SEEDS},
         "gpu": {"task": {"train_size": 1297, "heldout_size": 500, "timesteps": 200, "hidden": 512,
                          "depth": 4, "eval_samples": 2000, "evaluator_steps": 600, "batch_size": 256},
-                "trainer": {"max_steps": 10000}, "generations": 10},
+                "trainer": {"max_steps": 10000}, "generations": 10, "variants": bench_variants},
     }
     """Run settings per bench preset:
     ``smoke`` (tests, seconds), ``cpu`` (about 24 s per method-seed on one core) and

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from collapsekit.capabilities import ForgetRetain, TextItems
 from collapsekit.pool import REAL, Pool
 from collapsekit.plugins.tasks.language import CausalLMTask
+from ._bench import CHEAP_SEEDS
 
 TEMPLATE_WORDS = ("born", "in", ",", "works", "as", "likes", ".")
 # content layout: the name (2 tokens, the question) then the answer; slot names mark values
@@ -135,7 +136,7 @@ class FactsUnlearning(CausalLMTask, ForgetRetain, TextItems):
                   "samples_per_generation": 64, "plugin_args": _unlearn_args(1e-3, 20)},
         "cpu": {"task": {"num_people": 200, "heldout_people": 100},
                 "trainer": {"max_steps": 1100}, "generations": 6, "init": "previous",
-                "samples_per_generation": 256, "plugin_args": _unlearn_args(3e-4, 20)},
+                "samples_per_generation": 256, "plugin_args": _unlearn_args(3e-4, 20), "seeds": CHEAP_SEEDS},
         "gpu": {"task": {"num_people": 2000, "heldout_people": 500, "n_first": 64, "n_last": 64,
                          "n_cities": 64, "n_jobs": 64, "n_hobbies": 64, "n_layer": 4, "n_embd": 256,
                          "n_head": 4, "batch_size": 64, "lr": 1e-3},

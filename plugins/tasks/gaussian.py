@@ -37,6 +37,7 @@ from torch import nn
 from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.tasks.exact_fit import ExactFitTask
 from collapsekit.pool import REAL, Pool
+from ._bench import CHEAP_SEEDS
 
 
 def replace_variance_retained(n_samples: int, generation: int) -> float:
@@ -143,7 +144,7 @@ class Gaussian(ExactFitTask):
         "smoke": {"task": {"dim": 2, "train_size": 16, "replicates": 16}, "trainer": {"max_steps": 1},
                   "generations": 3},
         "cpu": {"task": {"dim": 4, "train_size": 32, "replicates": 256}, "trainer": {"max_steps": 1},
-                "generations": 10},
+                "generations": 10, "seeds": CHEAP_SEEDS},
         "gpu": {"task": {"dim": 16, "train_size": 128, "replicates": 2048}, "trainer": {"max_steps": 1},
                 "generations": 20},
     }

@@ -35,6 +35,7 @@ from torch import nn
 
 from collapsekit.plugins.tasks.exact_fit import ExactFitTask
 from collapsekit.pool import REAL, Pool
+from ._bench import CHEAP_SEEDS
 
 
 class ReplicatedLinear(nn.Module):
@@ -102,7 +103,7 @@ class LinearRegression(ExactFitTask):
         "smoke": {"task": {"dim": 4, "train_size": 16, "replicates": 16}, "trainer": {"max_steps": 1},
                   "generations": 3},
         "cpu": {"task": {"dim": 8, "train_size": 32, "replicates": 256}, "trainer": {"max_steps": 1},
-                "generations": 10},
+                "generations": 10, "seeds": CHEAP_SEEDS},
         "gpu": {"task": {"dim": 32, "train_size": 128, "replicates": 2048}, "trainer": {"max_steps": 1},
                 "generations": 20},
     }

@@ -245,3 +245,22 @@ def test_configs_parse_and_name_this_task():
         assert config["task"]["class_path"] == "collapsekit.plugins.tasks.digits_classify.DigitsClassify"
         DigitsClassify(**config["task"].get("init_args", {}))
         assert config["run"]["name"] == path.stem
+
+
+def test_cnn_arch_has_the_mlp_interface():
+    from collapsekit.plugins.tasks.digits_classify import DigitsCNN
+
+    task = DigitsClassify(train_size=64, heldout_size=32, hidden=4, feature_dim=8, batch_size=16, arch="cnn")
+    task.setup(0)
+    torch.manual_seed(0)
+    model = task.build_model()
+    assert isinstance(model, DigitsCNN)
+    batch = next(iter(task.dataloader(task.real_pool(), shuffle=False, seed=0)))
+    out = task.step(model, batch, frozenset())
+    assert out["logits"].shape == (16, 10) and out["features"].shape == (16, 8)
+    assert len(out["hidden_states"]) == 2 and out["hidden_states"][0].shape == (16, 2 * 4 * 16)
+    assert (out["features"] >= 0).all() and out["hidden_states"][-1] is out["features"]
+    out["loss"].backward()
+    assert model.conv1.weight.grad is not None and model.conv1.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="arch must be"):
+        DigitsClassify(arch="resnet")

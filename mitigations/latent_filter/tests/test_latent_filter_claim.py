@@ -4,15 +4,16 @@ generations; several minutes on 2 CPU cores, hence ``slow``. Measured numbers: R
 from __future__ import annotations
 
 import pytest
-import torch
 
 from collapsekit.plugins.tasks.digits_diffusion import DigitsDiffusion
+from collapsekit.testing import CLAIM_THREADS, torch_threads
 
 SETTINGS = {"train_size": 1000, "heldout_size": 500, "timesteps": 100, "hidden": 256, "depth": 2}
 
 
 @pytest.mark.slow
-def test_lsf_beats_accumulate_subsample_at_equal_training_cost(tmp_path):
+@pytest.mark.parametrize("threads", CLAIM_THREADS)
+def test_lsf_beats_accumulate_subsample_at_equal_training_cost(tmp_path, threads):
     pytest.importorskip("collapsekit_accumulate")
     from collapsekit.testing import run_tiny
 
@@ -21,16 +22,12 @@ def test_lsf_beats_accumulate_subsample_at_equal_training_cost(tmp_path):
         "lsf": ["accumulate-subsample", {"class_path": "latent-filter", "init_args": {"keep": 0.5}}],
     }
     final = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # as measured; intra-op threads only slow these small matmuls down
-    try:
+    with torch_threads(threads):        # the claim must hold on both floating-point paths
         for name, plugins in methods.items():
             metrics = run_tiny(tmp_path, plugins, DigitsDiffusion(**SETTINGS), name=name, generations=3,
                                max_steps=1000, seed=0)
             final[name] = metrics[-1]
             final[name + "/gen0"] = metrics[0]      # generation 0 trains on the same real data in both
-    finally:
-        torch.set_num_threads(threads)
     base, lsf = final["accumulate-subsample"], final["lsf"]
     assert final["lsf/gen0"]["fid"] == final["accumulate-subsample/gen0"]["fid"]
     # equal training cost: same optimizer steps on a pool of the same size

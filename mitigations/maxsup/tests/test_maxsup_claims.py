@@ -6,23 +6,23 @@ measured tables (3 seeds, 5 generations) are in mitigations/maxsup/README.md.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from collapsekit.plugins.tasks.digits_classify import DigitsClassify
-from collapsekit.testing import run_tiny
+from collapsekit.testing import CLAIM_THREADS, run_tiny, torch_threads
 
 
 @pytest.mark.slow
-def test_label_smoothing_and_maxsup_tighten_classes_relative_to_their_separation(tmp_path):
+@pytest.mark.parametrize("threads", CLAIM_THREADS)
+def test_label_smoothing_and_maxsup_tighten_classes_relative_to_their_separation(tmp_path, threads):
     """On real labels both shrink NC1 well below cross-entropy's and raise accuracy; MaxSup separates
     classes more than label smoothing (higher R^2), as the paper reports."""
-    torch.set_num_threads(1)   # as the measurements; spinning intra-op threads only slow a shared CPU
     preset = DigitsClassify.preset("cpu")
     results = {}
-    for name, plugins in (("ce", []), ("ls", ["label-smoothing"]), ("maxsup", ["maxsup"])):
-        (m,) = run_tiny(tmp_path, plugins, DigitsClassify(**preset["task"]), name=name, generations=1,
-                        max_steps=preset["trainer"]["max_steps"])
-        results[name] = m
+    with torch_threads(threads):   # the claim must hold on both floating-point paths
+        for name, plugins in (("ce", []), ("ls", ["label-smoothing"]), ("maxsup", ["maxsup"])):
+            (m,) = run_tiny(tmp_path, plugins, DigitsClassify(**preset["task"]), name=name, generations=1,
+                            max_steps=preset["trainer"]["max_steps"])
+            results[name] = m
     assert results["ls"]["nc1"] < 0.6 * results["ce"]["nc1"], results
     assert results["maxsup"]["nc1"] < 0.6 * results["ce"]["nc1"], results
     assert results["maxsup"]["class_separation"] > results["ls"]["class_separation"], results

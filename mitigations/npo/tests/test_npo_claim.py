@@ -19,7 +19,7 @@ from collapsekit.dispatch import build_manager
 from collapsekit.loop import execute, trainer_factory
 from collapsekit.plugins.tasks.facts_unlearning import FactsUnlearning
 from collapsekit.run import Run, RunConfig
-from collapsekit.testing import quiet_lightning
+from collapsekit.testing import CLAIM_THREADS, quiet_lightning, torch_threads
 
 torch.set_num_threads(1)
 METHODS = ("gradient-ascent", "npo", "npo-rt")
@@ -68,11 +68,14 @@ def test_ga_collapses_npo_bounded_npo_rt_keeps_utility_smoke(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("threads", CLAIM_THREADS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_claim_cpu_preset(tmp_path, seed):
-    """The README table (about 3-5 min per seed on a shared 2-core CPU): independent runs per method."""
+def test_claim_cpu_preset(tmp_path, seed, threads):
+    """The README table (about 3-5 min per seed on a shared 2-core CPU): independent runs per method,
+    with 1 and with 2 torch threads (the claim must hold on both floating-point paths)."""
     preset = FactsUnlearning.preset("cpu")
-    curves = {m: run_method(tmp_path, m, preset, seed=seed) for m in METHODS}
+    with torch_threads(threads):
+        curves = {m: run_method(tmp_path, m, preset, seed=seed) for m in METHODS}
     keys = ("forget_acc", "retain_acc", "forget_nll", "template_nll")
     assert all({k: c[0][k] for k in keys} == {k: curves[METHODS[0]][0][k] for k in keys} for c in curves.values())
     check_claim(curves, retain_margin=0.3)

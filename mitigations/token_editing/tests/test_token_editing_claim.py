@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from collapsekit.plugins.tasks.markov_text import MarkovText
+from collapsekit.testing import CLAIM_THREADS, torch_threads
 
 
 def load_example():
@@ -47,20 +48,21 @@ def test_claim_fast_bigram_prior():
 
 
 @pytest.mark.slow
-def test_claim_engine_gpt2_cpu_preset(tmp_path):
+@pytest.mark.parametrize("threads", CLAIM_THREADS)
+def test_claim_engine_gpt2_cpu_preset(tmp_path, threads):
     """About 2-3 minutes on 1 core: 3 generations of each arm on the ``cpu`` preset (see README)."""
     from collapsekit.dispatch import build_manager
     from collapsekit.loop import execute, trainer_factory
     from collapsekit.run import Run, RunConfig
 
-    torch.set_num_threads(1)
     preset = MarkovText.preset("cpu")
     results = {}
-    for arm, plugins in (("replace", []), ("token-editing", ["token-editing"])):
-        run = Run(RunConfig(name=arm, root=str(tmp_path), generations=3, seed=0, plugins=plugins),
-                  MarkovText(**preset["task"]), build_manager(plugins))
-        results[arm] = execute(run, trainer_factory(max_steps=preset["trainer"]["max_steps"], logger=False,
-                                                    enable_progress_bar=False, accelerator="cpu"))
+    with torch_threads(threads):   # the claim must hold on both floating-point paths
+        for arm, plugins in (("replace", []), ("token-editing", ["token-editing"])):
+            run = Run(RunConfig(name=arm, root=str(tmp_path), generations=3, seed=0, plugins=plugins),
+                      MarkovText(**preset["task"]), build_manager(plugins))
+            results[arm] = execute(run, trainer_factory(max_steps=preset["trainer"]["max_steps"], logger=False,
+                                                        enable_progress_bar=False, accelerator="cpu"))
     rep, te = results["replace"], results["token-editing"]
     assert rep[0]["kl"] == pytest.approx(te[0]["kl"])            # generation 0 is the same model
     assert rep[-1]["kl"] > 1.5 * rep[0]["kl"]                      # replace collapses
