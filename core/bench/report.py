@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import CollapsekitError
+from ..fileio import atomic_write_bytes
 from ..run import finished_generations, read_metrics
 from .stats import METHOD, MIN_SEEDS, Comparison, compare
 
@@ -505,6 +506,13 @@ def runs_results(run_dirs: Sequence[str | Path]) -> dict:
             "metrics": metric_meta, "rows": rows}
 
 
+def write_results(out: Path, results: Mapping) -> Path:
+    """Write ``results.json`` atomically (strict JSON, no NaN)."""
+    path = out / "results.json"
+    atomic_write_bytes(path, json.dumps(results, indent=1, allow_nan=False).encode())
+    return path
+
+
 def report(run_dir: str | Path, *more: str | Path, out: str | Path | None = None) -> list[Path]:
     """Redraw the plots of a run directory, or re-render a bench directory; return the files written.
 
@@ -516,8 +524,6 @@ def report(run_dir: str | Path, *more: str | Path, out: str | Path | None = None
         results = runs_results([run_dir, *more])
         target = Path(out or "compare")
         target.mkdir(parents=True, exist_ok=True)
-        from .runner import write_results
-
         written = [write_results(target, results)]
         return [*render_bench(target), *written]
     path = Path(run_dir)

@@ -440,13 +440,6 @@ def environment(preset: str, jobs: int = 1) -> dict:
             "device": device}
 
 
-def write_results(out: Path, results: Mapping) -> Path:
-    """Write ``results.json`` atomically (strict JSON, no NaN)."""
-    path = out / "results.json"
-    atomic_write_bytes(path, json.dumps(results, indent=1, allow_nan=False).encode())
-    return path
-
-
 def _previous(out: Path, preset: str, progress: bool) -> dict | None:
     path = out / "results.json"
     if not path.is_file():
@@ -486,7 +479,7 @@ def run_bench(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: 
     the same preset from earlier calls with other tasks/methods/seeds are kept.
     """
     from ..registry import in_process
-    from .report import render_bench
+    from .report import render_bench, write_results
 
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")

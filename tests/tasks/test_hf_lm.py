@@ -121,6 +121,38 @@ def test_two_generations_write_loadable_models_and_samples(cli, tmp_path, assets
     assert f"> {first}" in page
 
 
+def test_sigkill_mid_training_resumes_with_identical_metrics(cli, tmp_path, assets):
+    """A real SIGKILL of `collapsekit run` inside generation 1 (after a step checkpoint, before `done`);
+    the same command then resumes to the numbers of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = task_args(assets, "llama")
+    reference = run(cli, tmp_path, run_config(tmp_path / "runs", "ref", args, steps=40, init="previous"))
+    config = run_config(tmp_path / "runs", "victim", args, steps=40, init="previous", checkpoint_every=5)
+    path = tmp_path / "victim.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "collapsekit.cli", "run", "--config", str(path)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = tmp_path / "runs" / "victim"
+    marker = victim / "gen_1" / "checkpoints" / "latest.json"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert alive and marker.exists(), "the run ended before a step checkpoint of generation 1 existed"
+    assert not (victim / "gen_1" / "done").exists(), "killed too late"
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    for g in range(2):
+        assert metrics(victim, g) == metrics(reference, g)
+
+
 def test_resume_after_one_generation_matches_a_fresh_run(cli, tmp_path, assets):
     args = task_args(assets, "llama")
     fresh = run(cli, tmp_path, run_config(tmp_path / "runs", "fresh", args, init="previous"))
