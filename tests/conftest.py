@@ -154,3 +154,25 @@ def pip_tools():
     """``pip_tools.install(path) -> dist``, ``pip_tools.uninstall(dist, packages)``,
     ``pip_tools.editable_at(dist) -> Path | None``: real pip installs of test distributions."""
     return SimpleNamespace(install=pip_install_editable, uninstall=pip_uninstall, editable_at=installed_editable_at)
+
+
+def kill_at(command: list[str], marker: Path, env: dict, timeout: float = 240) -> bool:
+    """Start ``command``, SIGKILL it as soon as ``marker`` exists; return True when the process was
+    still running at that moment (the kill landed where the test meant it to)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    alive = proc.poll() is None and marker.exists()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return alive
+
+
+@pytest.fixture(scope="session")
+def sigkill_at():
+    """``sigkill_at(command, marker, env) -> bool``: :func:`kill_at` (a real SIGKILL at a file marker)."""
+    return kill_at

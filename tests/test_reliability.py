@@ -2,10 +2,8 @@
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -24,22 +22,16 @@ def metrics_of(run_dir, generations):
 
 
 @pytest.mark.parametrize("kill_after", ["gen_1/model.pt", "gen_1/pool/origin_generation.npy"])
-def test_kill_mid_synthesis_or_pool_write_resumes_identically(kill_after, make_config, write_config, tmp_path):
+def test_kill_mid_synthesis_or_pool_write_resumes_identically(kill_after, make_config, write_config, tmp_path,
+                                                              sigkill_at):
     """SIGKILL once the marker file appears (synthesis / pool writing), then resume."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "collapsekit.cli", "run", "--config"]
     ref = write_config(make_config(generations=2, name="ref"), "ref.yaml")
     subprocess.run(cmd + [str(ref)], check=True, env=env, capture_output=True, timeout=300)
     path = write_config(make_config(generations=2, name="victim"), "victim.yaml")
-    proc = subprocess.Popen(cmd + [str(path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = tmp_path / "runs" / "victim" / kill_after
-    deadline = time.time() + 240
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    alive = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert marker.exists() and alive, "the run ended before the kill point; nothing was tested"
+    alive = sigkill_at(cmd + [str(path)], tmp_path / "runs" / "victim" / kill_after, env)
+    assert alive, "the run ended before the kill point; nothing was tested"
     assert not (tmp_path / "runs" / "victim" / "gen_1" / "done").exists(), "killed too late"
     subprocess.run(cmd + [str(path)], check=True, env=env, capture_output=True, timeout=300)
     assert metrics_of(tmp_path / "runs" / "victim", 2) == metrics_of(tmp_path / "runs" / "ref", 2)
@@ -49,7 +41,6 @@ def test_out_of_disk_while_writing_a_pool(cli, make_config, write_config, tmp_pa
     import collapsekit.fileio as fileio
 
     real_fsync = fileio.os.fsync
-    calls = {"n": 0}
 
     def fsync(fd):
         name = os.readlink(f"/proc/self/fd/{fd}")

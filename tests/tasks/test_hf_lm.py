@@ -121,14 +121,12 @@ def test_two_generations_write_loadable_models_and_samples(cli, tmp_path, assets
     assert f"> {first}" in page
 
 
-def test_sigkill_mid_training_resumes_with_identical_metrics(cli, tmp_path, assets):
+def test_sigkill_mid_training_resumes_with_identical_metrics(cli, tmp_path, assets, sigkill_at):
     """A real SIGKILL of `collapsekit run` inside generation 1 (after a step checkpoint, before `done`);
     the same command then resumes to the numbers of an uninterrupted run."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     args = task_args(assets, "llama")
     reference = run(cli, tmp_path, run_config(tmp_path / "runs", "ref", args, steps=40, init="previous"))
@@ -137,16 +135,9 @@ def test_sigkill_mid_training_resumes_with_identical_metrics(cli, tmp_path, asse
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "collapsekit.cli", "run", "--config", str(path)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     victim = tmp_path / "runs" / "victim"
-    marker = victim / "gen_1" / "checkpoints" / "latest.json"
-    deadline = time.time() + 240
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    alive = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert alive and marker.exists(), "the run ended before a step checkpoint of generation 1 existed"
+    alive = sigkill_at(command, victim / "gen_1" / "checkpoints" / "latest.json", env)
+    assert alive, "the run ended before a step checkpoint of generation 1 existed"
     assert not (victim / "gen_1" / "done").exists(), "killed too late"
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
     for g in range(2):
