@@ -17,7 +17,7 @@ from collapsekit.errors import CollapsekitError
 from collapsekit.loop import execute, trainer_factory
 from collapsekit.plugins.tasks.digits import load_digit_images
 from collapsekit.plugins.tasks.image_diffusion import ImageDiffusion, image_grid, split_indices
-from collapsekit.pool import REAL, Pool
+from collapsekit.pool import REAL
 from collapsekit.run import Run, RunConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
