@@ -205,6 +205,9 @@ ENGINE_REQUIREMENTS = frozenset({"reference_model"})
 """Requirements the engine satisfies for every task: ``reference_model`` (a frozen copy of the model
 as it was when the generation started, ``module.reference_model``)."""
 
+REQUIREMENTS = frozenset(CAPABILITIES) | ENGINE_REQUIREMENTS
+"""Every name a plugin may declare through the ``requirements`` hook."""
+
 
 def provided_by(task_class: type) -> frozenset[str]:
     """Requirement names of the capabilities ``task_class`` inherits."""
@@ -223,19 +226,23 @@ def provides(task: Any) -> frozenset[str]:
     return frozenset(getattr(task, "provides", provided_by(type(task)))) & provided_by(type(task))
 
 
+def unmet(task: Any, names: Iterable[str]) -> list[str]:
+    """The requirement names (sorted) that neither ``task`` nor the engine provides."""
+    return sorted(set(names) - ENGINE_REQUIREMENTS - provides(task))
+
+
 def check_requirements(task: Any, names: Iterable[str]) -> None:
     """Raise unless every requirement name is known and satisfied by ``task`` or the engine."""
     names = set(names)
-    known = set(CAPABILITIES) | ENGINE_REQUIREMENTS
-    unknown = sorted(names - known)
+    unknown = sorted(names - REQUIREMENTS)
     if unknown:
         from .errors import CollapsekitError
 
-        hints = {u: difflib.get_close_matches(u, sorted(known), n=1) for u in unknown}
+        hints = {u: difflib.get_close_matches(u, sorted(REQUIREMENTS), n=1) for u in unknown}
         shown = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
         raise CollapsekitError(f"unknown requirement {shown} declared by the active plugins; "
-                               f"known requirements: {', '.join(sorted(known))}")
-    missing = sorted(names - ENGINE_REQUIREMENTS - provides(task))
+                               f"known requirements: {', '.join(sorted(REQUIREMENTS))}")
+    missing = unmet(task, names)
     if missing:
         name = getattr(task, "name", type(task).__name__)
         shown = "; ".join(describe(CAPABILITIES[m]) for m in missing)

@@ -13,19 +13,13 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .capabilities import REQUIREMENTS
 from .pool import REAL, Pool
 
 RESERVED_LOSS_TERMS = ("task", "total")
 """Loss-term names the engine uses itself (``loss/task``, ``loss/total``)."""
 RESERVED_METRIC_PREFIXES = ("loss/", "filter/", "synthetic/", "pool/", "train/")
 """Metric key prefixes the engine writes into ``metrics.json`` itself; plugins may not use them."""
-
-
-def known_requirements() -> frozenset[str]:
-    """Requirement names: the task capabilities' and the engine's own."""
-    from .capabilities import CAPABILITIES, ENGINE_REQUIREMENTS
-
-    return frozenset(CAPABILITIES) | ENGINE_REQUIREMENTS
 
 
 def _is_number(value: Any) -> bool:
@@ -54,10 +48,10 @@ def _check_requirements(value: Any, kwargs: Mapping[str, Any], strict: bool) -> 
         return [f"must return an iterable of strings, got {type(value).__name__}"]
     problems = []
     for item in items:
-        if not isinstance(item, str) or item not in known_requirements():
-            close = difflib.get_close_matches(str(item), sorted(known_requirements()), n=1)
+        if not isinstance(item, str) or item not in REQUIREMENTS:
+            close = difflib.get_close_matches(str(item), sorted(REQUIREMENTS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.append(f"unknown requirement {item!r}.{hint} Known: {', '.join(sorted(known_requirements()))}")
+            problems.append(f"unknown requirement {item!r}.{hint} Known: {', '.join(sorted(REQUIREMENTS))}")
     return problems
 
 

@@ -23,12 +23,7 @@ Arguments that recur:
 """
 from __future__ import annotations
 
-from .capabilities import CAPABILITIES, ENGINE_REQUIREMENTS
 from .markers import hookspec
-
-KNOWN_REQUIREMENTS = frozenset(CAPABILITIES) | ENGINE_REQUIREMENTS
-"""Requirement names a plugin may declare through :func:`requirements`: the task capabilities'
-names (:mod:`collapsekit.capabilities`) and the engine's own (``reference_model``)."""
 
 
 @hookspec

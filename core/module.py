@@ -18,6 +18,7 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 
 from .errors import CollapsekitError, NonFiniteLoss
+from .seeds import global_rng_states, set_global_rng_states
 from .task import Task
 
 
@@ -61,6 +62,13 @@ def _batch_size(batch: Any) -> int:
     if isinstance(batch, dict) and batch:
         return len(next(iter(batch.values())))
     return 1
+
+
+def _term_mean() -> MeanMetric:
+    """The running mean of one loss term: float64, no NaN check (a check would read the value back)."""
+    metric = MeanMetric(nan_strategy="disable")
+    metric.set_dtype(torch.float64)
+    return metric
 
 
 class _ModelWithTrainables(torch.nn.Module):
@@ -178,7 +186,7 @@ class GenerationalModule(TaskModule):
                            for name, metric in self.term_means_metric.items()},
             "first_nonfinite": {name: int(step) for name, step in self._first_nonfinite.items()},
             "owners": dict(self._owners),
-            "rng": _rng_states(),
+            "rng": global_rng_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -190,8 +198,7 @@ class GenerationalModule(TaskModule):
             raise CollapsekitError(f"the step checkpoint was not written by generation {self.generation} of "
                                    "collapsekit; delete the generation's checkpoints folder to redo it")
         for name, entry in saved["term_means"].items():
-            metric = MeanMetric(nan_strategy="disable")
-            metric.set_dtype(torch.float64)
+            metric = _term_mean()
             for key, value in entry["state"].items():
                 setattr(metric, key, value.to(torch.float64))
             metric._update_count = entry["updates"]
@@ -200,7 +207,7 @@ class GenerationalModule(TaskModule):
                                  for name, step in saved["first_nonfinite"].items()}
         self._owners.update(saved["owners"])
         self._restore = None
-        _set_rng_states(saved["rng"])
+        set_global_rng_states(saved["rng"])
 
     def on_train_start(self) -> None:
         self._first_nonfinite = {k: v.to(self.device) for k, v in self._first_nonfinite.items()}
@@ -247,9 +254,7 @@ class GenerationalModule(TaskModule):
     def _record(self, name: str, value: torch.Tensor) -> None:
         """Update the term's running mean and remember the first step it was non-finite, on the device."""
         if name not in self.term_means_metric:
-            metric = MeanMetric(nan_strategy="disable").to(value.device)
-            metric.set_dtype(torch.float64)
-            self.term_means_metric[name] = metric
+            self.term_means_metric[name] = _term_mean().to(value.device)
             self._first_nonfinite[name] = torch.full((), -1, dtype=torch.long, device=value.device)
         self.term_means_metric[name].update(value)
         first = self._first_nonfinite[name]
@@ -285,32 +290,6 @@ class GenerationalModule(TaskModule):
         if self._final_means is not None:
             return dict(self._final_means)
         return {f"loss/{k}": float(m.compute()) for k, m in self.term_means_metric.items()}
-
-
-def _rng_states() -> dict:
-    import random
-
-    import numpy as np
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    import random
-
-    import numpy as np
-
-    torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class TaskFitModule(TaskModule):

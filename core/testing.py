@@ -40,7 +40,7 @@ import pytest
 from . import hookspecs
 from .dispatch import DEFAULT_PLUGINS, HOOK_NAMES, Hooks, build_manager, new_plugin_manager, register_plugin
 from .errors import PluginError
-from .capabilities import ENGINE_REQUIREMENTS, provides
+from .capabilities import unmet
 from .contracts import HOOKS, RESERVED_LOSS_TERMS, RESERVED_METRIC_PREFIXES, check_result
 from .markers import PROJECT
 from .quiet import quiet_lightning
@@ -426,7 +426,7 @@ class PluginConformance:
         obj, name, dist = self.make_plugin()
         task = self.make_task()
         reqs = check_requirements(obj, task, name, dist)
-        missing = sorted(reqs - provides(task) - ENGINE_REQUIREMENTS)
+        missing = unmet(task, reqs)
         if missing:
             raise ConformanceError(f"{_label(name, dist)} requires {missing}, which task {task.name!r} does not "
                                    f"provide; set task_factory to a task that provides them")
