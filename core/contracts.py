@@ -35,7 +35,8 @@ def _is_number(value: Any) -> bool:
         return False
 
 
-def _as_float(value: Any) -> float:
+def as_float(value: Any) -> float:
+    """A number (Python, NumPy or a one-element tensor) as a Python float."""
     return float(value.detach().cpu().item()) if hasattr(value, "detach") else float(value)
 
 
@@ -167,8 +168,8 @@ def _check_metrics(value: Any, kwargs: Mapping[str, Any], strict: bool) -> list[
                             f"engine itself; prefix it with your plugin's name")
         if not _is_number(item):
             problems.append(f"metric {key!r} must be a number, got {type(item).__name__}")
-        elif not math.isfinite(_as_float(item)):
-            problems.append(f"metric {key!r} is not finite ({_as_float(item)})")
+        elif not math.isfinite(as_float(item)):
+            problems.append(f"metric {key!r} is not finite ({as_float(item)})")
     return problems
 
 

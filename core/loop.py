@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .capabilities import check_requirements
+from .contracts import as_float
 from .distributed import barrier, process_rank, world
 from .errors import CollapsekitError, Preempted
 from .fileio import atomic_write_bytes, atomic_write_json
@@ -23,16 +24,6 @@ from .seeds import derive_seed
 
 TrainerFactory = Callable[[int, Any], Any]
 """``(generation, gen_dir) -> lightning.Trainer``: a fresh trainer for each generation."""
-
-
-def _plain(value: Any, key: str) -> float:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().item()
-    if isinstance(value, (np.generic,)):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CollapsekitError(f"metric {key!r} must be a number, got {type(value).__name__}")
-    return float(value)
 
 
 def start(run: Run) -> None:
@@ -208,7 +199,7 @@ def _store_and_measure(run: Run, generation: int, module, pool: Pool, samples: P
     files += [f"train_lineage/{f}" for f in lineage.save(gen_dir / "train_lineage").values()]
     with torch.no_grad():
         measured = run.hooks.merged("metrics", run=run, model=model, generation=generation)
-    metrics = {k: _plain(v, k) for k, v in measured.items()}
+    metrics = {k: as_float(v) for k, v in measured.items()}     # numbers: checked by the metrics contract
     metrics.update(module.term_means())
     metrics.update(filter_stats)
     metrics["train/steps"] = float(module.global_step)
