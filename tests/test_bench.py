@@ -327,6 +327,26 @@ def test_bench_cli_rejects_bad_jobs(cli):
     assert code == 2 and "--jobs must be at least 1" in err
 
 
+def test_an_opt_in_preset_runs_only_when_its_task_is_named(monkeypatch):
+    import collapsekit.bench.runner as bench
+
+    class Costly(FakeTask):
+        bench_methods = ("baseline",)
+
+        @classmethod
+        def preset(cls, name):
+            return {**FakeTask.preset(name), "opt_in": "an hour per seed"}
+
+    tasks = {"costly": Costly, "fake": FakeTask}
+    monkeypatch.setattr(bench, "load_tasks", lambda names=None: ({n: tasks[n] for n in names or tasks}, {}))
+    cells, info = plan("cpu", progress=False)
+    assert {c["task"] for c in cells} == {"fake"}
+    assert {"task": "costly", "reason": "opt-in (an hour per seed); name it to run it: --tasks costly"} \
+        in info["skipped"]
+    cells, _ = plan("cpu", tasks=["costly"], progress=False)
+    assert {c["task"] for c in cells} == {"costly"}
+
+
 def test_cpu_preset_gives_cheap_tasks_enough_seeds_for_paired_statistics():
     """A paired comparison needs >= 3 seeds; the cheap tasks get 5 (budget in configs/bench/README.md)."""
     from collapsekit.bench.stats import MIN_SEEDS

@@ -7,6 +7,7 @@ a classmethod ``preset(name) -> dict`` of shape::
     {"task": {init_args}, "trainer": {Trainer kwargs}, "generations": G,
      # optional:
      "seeds": [0, 1], "methods": [...], "init": "scratch", "samples_per_generation": N,
+     "opt_in": "why, e.g. its cost",   # left out unless named in ``tasks``
      "plugin_args": {"token-editing": {"threshold": 0.99}},
      "variants": {"latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}}}}
 
@@ -167,9 +168,12 @@ def _trainer_args(preset: str, spec: Mapping) -> dict:
 
 def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
          seeds: Sequence[int] | None = None, overrides: Mapping[str, Mapping] | None = None,
-         progress: bool = True, require_installed: bool = True) -> tuple[list[dict], dict]:
+         progress: bool = True, require_installed: bool = True,
+         include_opt_in: bool = False) -> tuple[list[dict], dict]:
     """Resolve tasks, methods and seeds into cell specs; return ``(cells, plan meta)``.
 
+    Without ``tasks``, every task whose preset exists and is not ``opt_in`` (those are listed
+    as skipped unless ``include_opt_in``).
     Raises for a requested task/method that is unknown or not installed; a default
     method that is not installed is skipped with a printed note
     (``require_installed=False``: no plugin check at all, e.g. to write configs).
@@ -206,6 +210,11 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
                 raise
             skipped.append({"task": name, "reason": str(exc)})
             _note(progress, f"task {name!r} skipped: {exc}")
+            continue
+        if tasks is None and spec.get("opt_in") and not include_opt_in:
+            reason = f"opt-in ({spec['opt_in']}); name it to run it: --tasks {name}"
+            skipped.append({"task": name, "reason": reason})
+            _note(progress, f"task {name!r} skipped: {reason}")
             continue
         task_methods = list(methods or spec.get("methods") or getattr(cls, "bench_methods", None) or [BASELINE])
         runnable = []
@@ -295,7 +304,7 @@ def write_bench_configs(directory: str | Path, preset: str, tasks: Sequence[str]
     """Write ``<task>-<preset>[-<method>].yaml`` for every planned cell of seed 0 (run root ``root``)."""
     import yaml
 
-    cells, _ = plan(preset, tasks, methods, [0], progress=False, require_installed=False)
+    cells, _ = plan(preset, tasks, methods, [0], progress=False, require_installed=False, include_opt_in=True)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
