@@ -160,7 +160,7 @@ def test_markdown_table_mean_std_and_no_bold_with_two_seeds():
 
 def test_markdown_marks_only_significant_differences_with_their_interval():
     from collapsekit.bench.report import render_markdown
-    from collapsekit.bench.stats import compare
+    from collapsekit.bench.stats import compare, holm_adjust
 
     seeds = range(5)
     base = {s: 10.0 + s for s in seeds}
@@ -177,8 +177,10 @@ def test_markdown_marks_only_significant_differences_with_their_interval():
     table = {m: _table_lines(md, m) for m in final}
     assert table["baseline"][0].startswith("| `baseline` (reference) | 5 |") and len(table["baseline"]) == 1
     good_row, good_diff = table["good"]
-    c = compare(final["good"], base, higher_is_better=False)
-    assert c.significant and c.better
+    family = holm_adjust({m: compare(final[m], base, higher_is_better=False) for m in ("good", "noisy", "bad")})
+    c = family["good"]
+    assert c.significant and c.better and c.p > c.p_raw      # the p shown is Holm-adjusted over the 3
+    assert "Holm-adjusted over the 3 comparisons of this table" in md
     assert "** ▲" not in good_row and good_row.count("**") == 2 and "▲**" in good_row
     assert f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g} ▲" in good_diff
     noisy_row, noisy_diff = table["noisy"]
@@ -360,6 +362,32 @@ def test_cpu_preset_gives_cheap_tasks_enough_seeds_for_paired_statistics():
     assert seeds["multiplication"] == [0, 1]      # what the 45-minute budget allows
 
 
+def test_each_task_ranks_a_metric_by_its_own_direction():
+    """markov-text ranks distinct_1 (higher = closer to its high-entropy source); bible-lm does not rank it."""
+    from collapsekit.bench.report import direction, render_markdown
+    from collapsekit.bench.runner import plan
+    from collapsekit.plugins.tasks.bible_lm import BibleLM
+    from collapsekit.plugins.tasks.markov_text import MarkovText
+
+    assert MarkovText.higher_is_better["distinct_1"] is True and BibleLM.higher_is_better["distinct_1"] is None
+    _, info = plan("smoke", tasks=["markov-text", "bible-lm"], progress=False, require_installed=False)
+    results = {"meta": {"preset": "x", "tasks": info["tasks"]}, "metrics": {
+        k: {"higher_is_better": v} for k, v in info["directions"].items()}, "rows": [
+        {"task": t, "method": m, "seed": s, "generation": 0, "metric": "distinct_1", "value": v + s / 100}
+        for t in ("markov-text", "bible-lm") for s in range(5) for m, v in (("baseline", 0.5), ("up", 0.6))]}
+    assert direction(results, "markov-text", "distinct_1") is True
+    assert direction(results, "bible-lm", "distinct_1") is None
+    md = render_markdown(results)
+    markov, bible = md.split("## markov-text")[1].split("## bible-lm")[0], md.split("## bible-lm")[1]
+    rows = {t: [x for x in part.splitlines() if x.startswith("| `up`")] for t, part in (("m", markov), ("b", bible))}
+    assert "`distinct_1` ↑" in markov and all("▲" in x for x in rows["m"])
+    assert "`distinct_1` |" in bible and all("▲" not in x and "≠" in x for x in rows["b"])  # different, not ranked
+    # results.json written before tasks recorded their directions: the task class decides
+    for entry in results["meta"]["tasks"].values():
+        del entry["directions"]
+    assert direction(results, "bible-lm", "distinct_1") is None
+
+
 def test_report_metrics_are_columns_even_without_a_direction():
     from collapsekit.bench.report import final_table, render_markdown
 
@@ -401,7 +429,7 @@ def _fake_run(root, name, seed, kl_by_generation):
 
 def test_report_compares_several_runs_paired_by_seed(tmp_path, cli):
     from collapsekit.bench.report import runs_results
-    from collapsekit.bench.stats import compare
+    from collapsekit.bench.stats import compare, holm_adjust
 
     dirs = []
     for seed in range(4):
@@ -414,8 +442,10 @@ def test_report_compares_several_runs_paired_by_seed(tmp_path, cli):
     code, out, _ = cli("report", *map(str, dirs), "--out", str(tmp_path / "cmp"))
     assert code == 0 and str(tmp_path / "cmp" / "RESULTS.md") in out
     md = (tmp_path / "cmp" / "RESULTS.md").read_text()
-    c = compare({s: 0.12 + 0.02 * (s % 2) for s in range(4)}, {s: 0.3 + 0.01 * s for s in range(4)}, False)
-    assert c.significant and c.better
+    same = {s: 0.5 for s in range(4)}                                          # tail_coverage: no difference
+    c = holm_adjust({"kl": compare({s: 0.12 + 0.02 * (s % 2) for s in range(4)}, {s: 0.3 + 0.01 * s for s in range(4)},
+                                   False), "tail_coverage": compare(same, same, True)})["kl"]
+    assert c.significant and c.better and c.p == 2 * c.p_raw
     assert "| `baseline` (reference) | 4 |" in md
     assert f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g} ▲" in md
     with pytest.raises(CollapsekitError, match="give each"):
@@ -433,6 +463,6 @@ def test_a_declared_control_gets_its_own_paired_comparison():
     md = render_markdown({"meta": {"preset": "x", "tasks": {"t": {"metrics": ["fid"], "methods": list(final),
                                                                   "controls": {"lsf": "random"}}}},
                           "rows": rows, "metrics": {"fid": {"higher_is_better": False}}})
-    c = compare(final["lsf"], final["random"], higher_is_better=False)
+    c = compare(final["lsf"], final["random"], higher_is_better=False)     # a family of one: p unchanged
     line = next(x for x in md.splitlines() if x.startswith("| `lsf` | `random` |"))
     assert c.significant and f"{c.mean:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}] p={c.p:.2g} ▲" in line

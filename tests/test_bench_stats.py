@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from collapsekit.bench.stats import MIN_SEEDS, bootstrap_ci, compare, paired_differences, paired_t_p
+from collapsekit.bench.stats import (ALPHA, MIN_SEEDS, bootstrap_ci, compare, holm, holm_adjust, paired_differences,
+                                     paired_t_p)
 
 # seed -> value; method minus reference is about +1.0 on every seed (clearly significant)
 REFERENCE = {0: 10.0, 1: 12.0, 2: 9.0, 3: 11.0, 4: 10.5}
@@ -86,3 +87,46 @@ def test_constant_differences_and_bootstrap_determinism():
     assert bootstrap_ci(d) == bootstrap_ci(d)
     with pytest.raises(ValueError):
         bootstrap_ci(np.array([]))
+
+
+def holm_rejects(ps, alpha):
+    """Holm's procedure as stated: walk the p-values upwards, reject while p_(k) <= alpha / (m - k)."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    rejected = [False] * len(ps)
+    for k, i in enumerate(order):
+        if ps[i] > alpha / (len(ps) - k):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def test_holm_adjusted_p_values_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005, 3 x 0.01, 2 x 0.03, max(1 x 0.04, 0.06)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-15)
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_holm_rejects_exactly_what_the_step_down_procedure_rejects():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ps = (rng.uniform(0, 0.1, size=rng.integers(1, 12)) ** rng.uniform(1, 3)).tolist()
+        adjusted = holm(ps)
+        for alpha in (0.01, 0.05, 0.1):
+            assert [a <= alpha for a in adjusted] == holm_rejects(ps, alpha)
+
+
+def test_holm_adjust_only_takes_significance_away():
+    small = compare(BETTER, REFERENCE, higher_is_better=True)                  # p ~ 1e-5
+    diffs = (0.1, 0.3, 0.2, 0.15, 0.02)                                       # p ~ 0.031
+    borderline = compare({s: s + 1.0 + d for s, d in enumerate(diffs)}, {s: s + 1.0 for s in range(5)}, True)
+    few = compare({0: 2.0, 1: 3.0}, {0: 1.0, 1: 1.0}, True)
+    assert borderline.significant and ALPHA / 2 < borderline.p < ALPHA
+    family = holm_adjust({"small": small, "borderline": borderline, "noisy": compare(NOISY, REFERENCE, True),
+                          "few": few})
+    assert family["few"] == few                                  # no p-value: not in the family
+    assert family["small"].significant and family["small"].better is True
+    assert family["small"].p == pytest.approx(3 * small.p) and family["small"].p_raw == small.p
+    # 3 tested: borderline's p is multiplied by 2 or 3, which takes it over ALPHA
+    assert family["borderline"].p_raw == borderline.p and family["borderline"].p >= 2 * borderline.p
+    assert not family["borderline"].significant and family["borderline"].better is None
+    assert family["borderline"].ci == borderline.ci and family["borderline"].mean == borderline.mean

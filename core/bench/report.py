@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..errors import CollapsekitError
 from ..fileio import atomic_write_bytes
 from ..run import finished_generations, read_metrics
-from .stats import METHOD, MIN_SEEDS, Comparison, compare
+from .stats import METHOD, MIN_SEEDS, Comparison, compare, holm_adjust
 
 MAX_PANELS = 4
 BASELINE = "baseline"
@@ -56,6 +56,14 @@ def _generation_axis(ax) -> None:
     ax.grid(alpha=0.3)
 
 
+def declared_directions(target: Any) -> dict[str, bool | None]:
+    """``target.higher_is_better`` (a task or plugin class) as plain JSON values; ``None`` = not ranked."""
+    declared = getattr(target, "higher_is_better", None)
+    if not isinstance(declared, Mapping):
+        return {}
+    return {str(k): None if v is None else bool(v) for k, v in declared.items()}
+
+
 def _arrow(direction: bool | None) -> str:
     return {True: " ↑", False: " ↓"}.get(direction, "")
 
@@ -78,15 +86,20 @@ def mean_std(values: Iterable[Any]) -> tuple[float, float, int]:
     return mean, std, len(xs)
 
 
-def _task_attr(class_path: str | None, attr: str, default: Any) -> Any:
-    """``class_path``'s class attribute ``attr``, or ``default`` when it cannot be imported."""
+def _task_class(class_path: str | None) -> type | None:
+    """The class at ``class_path``, or ``None`` when it cannot be imported."""
     if not class_path:
-        return default
+        return None
     module, _, name = class_path.replace(":", ".").rpartition(".")
     try:
-        return getattr(getattr(importlib.import_module(module), name), attr, default)
+        return getattr(importlib.import_module(module), name)
     except Exception:  # noqa: BLE001 - plots must not fail because a task no longer imports
-        return default
+        return None
+
+
+def _task_attr(class_path: str | None, attr: str, default: Any) -> Any:
+    """``class_path``'s class attribute ``attr``, or ``default`` when it cannot be imported."""
+    return getattr(_task_class(class_path), attr, default)
 
 
 # -- one run directory -------------------------------------------------------------------------
@@ -110,7 +123,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             class_path = ((yaml.safe_load(config.read_text()) or {}).get("task") or {}).get("class_path")
         except yaml.YAMLError:
             class_path = None
-    directions = dict(_task_attr(class_path, "higher_is_better", {}) or {})
+    directions = declared_directions(_task_class(class_path))
     headline = [m for m in (_task_attr(class_path, "headline", ()) or ()) if m in metrics[-1]]
     names = sorted({k for m in metrics for k, v in m.items() if isinstance(v, (int, float))},
                    key=lambda k: ("/" in k, k))
@@ -201,13 +214,27 @@ def _method_order(results: Mapping, task: str, present: Iterable[str]) -> list[s
     return [m for m in declared if m in present] + sorted(m for m in present if m not in declared)
 
 
+def direction(results: Mapping, task: str, metric: str) -> bool | None:
+    """Is higher better for ``metric`` on ``task``? ``None``: reported, not ranked.
+
+    The task's own ``higher_is_better`` decides (two tasks may rank the same name differently,
+    e.g. ``distinct_1``); metrics it does not declare (a plugin's) fall back to ``results["metrics"]``.
+    """
+    entry = (((results.get("meta") or {}).get("tasks") or {}).get(task) or {})
+    declared = entry.get("directions")
+    if declared is None:       # results.json written before tasks recorded their directions
+        declared = declared_directions(_task_class(entry.get("class_path")))
+    if metric in declared:
+        return None if declared[metric] is None else bool(declared[metric])
+    return ((results.get("metrics") or {}).get(metric) or {}).get("higher_is_better")
+
+
 def headline_of(results: Mapping, task: str, metric_names: Sequence[str]) -> list[str]:
     """The task's headline metrics present in ``metric_names`` (else its first directed metrics)."""
-    directions = results.get("metrics") or {}
     declared = ((results.get("meta") or {}).get("headline") or {}).get(task) or []
     chosen = [m for m in declared if m in metric_names]
     if not chosen:
-        chosen = [m for m in metric_names if (directions.get(m) or {}).get("higher_is_better") is not None]
+        chosen = [m for m in metric_names if direction(results, task, m) is not None]
     return chosen[:MAX_PANELS]
 
 
@@ -235,14 +262,13 @@ def final_table(results: Mapping, task: str) -> tuple[list[str], list[str], dict
     (engine diagnostics such as ``loss/*`` or ``pool/size`` stay in ``results.json`` only).
     """
     tree = _cells(results)[task]
-    directions = results.get("metrics") or {}
     entry = (((results.get("meta") or {}).get("tasks") or {}).get(task) or {})
     declared = set(entry.get("metrics") or [])
     extra = list(entry.get("report_metrics") or _task_attr(entry.get("class_path"), "report_metrics", ()) or ())
     finals = final_values(results, task)
     present = sorted({m for _, m in finals})
     head = headline_of(results, task, present)
-    names = [m for m in present if m in declared or (directions.get(m) or {}).get("higher_is_better") is not None]
+    names = [m for m in present if m in declared or direction(results, task, m) is not None]
     metrics = head + [m for m in names if m not in head] + [m for m in extra if m in present and m not in head
                                                             and m not in names]
     methods = _method_order(results, task, tree)
@@ -252,10 +278,10 @@ def final_table(results: Mapping, task: str) -> tuple[list[str], list[str], dict
 def comparisons(results: Mapping, task: str) -> tuple[str | None, dict[tuple[str, str], Comparison]]:
     """``(reference method, {(method, metric): Comparison})`` of every other method at the final generation.
 
-    Paired by seed with :func:`collapsekit.bench.stats.compare`, for the metrics of :func:`final_table`.
+    Paired by seed with :func:`collapsekit.bench.stats.compare`, for the metrics of :func:`final_table`;
+    p-values Holm-adjusted over all of them (one table, one family).
     """
     methods, metrics, _ = final_table(results, task)
-    directions = results.get("metrics") or {}
     finals = final_values(results, task)
     ref = reference_method(methods)
     out = {}
@@ -265,8 +291,8 @@ def comparisons(results: Mapping, task: str) -> tuple[str | None, dict[tuple[str
         for metric in metrics:
             if (method, metric) in finals and (ref, metric) in finals:
                 out[(method, metric)] = compare(finals[(method, metric)], finals[(ref, metric)],
-                                                (directions.get(metric) or {}).get("higher_is_better"))
-    return ref, out
+                                                direction(results, task, metric))
+    return ref, holm_adjust(out)
 
 
 def controls_of(results: Mapping, task: str) -> dict[str, str]:
@@ -278,17 +304,17 @@ def controls_of(results: Mapping, task: str) -> dict[str, str]:
 
 
 def control_comparisons(results: Mapping, task: str) -> dict[tuple[str, str], Comparison]:
-    """``{(method, metric): Comparison}`` of each method with its declared control, paired by seed."""
+    """``{(method, metric): Comparison}`` of each method with its declared control, paired by seed
+    (Holm-adjusted over the task's control comparisons, a family of their own)."""
     _, metrics, _ = final_table(results, task)
-    directions = results.get("metrics") or {}
     finals = final_values(results, task)
     out = {}
     for method, control in controls_of(results, task).items():
         for metric in metrics:
             if (method, metric) in finals and (control, metric) in finals:
                 out[(method, metric)] = compare(finals[(method, metric)], finals[(control, metric)],
-                                                (directions.get(metric) or {}).get("higher_is_better"))
-    return out
+                                                direction(results, task, metric))
+    return holm_adjust(out)
 
 
 def _fmt_diff(c: Comparison) -> str:
@@ -307,7 +333,6 @@ def _fmt(mean: float, std: float, n: int) -> str:
 def render_markdown(results: Mapping, plots: Mapping[str, str] | None = None) -> str:
     """``RESULTS.md`` text: the meta, then one table per task (rows = methods, columns = final metrics)."""
     meta = results.get("meta") or {}
-    directions = results.get("metrics") or {}
     wall = meta.get("wall_time_s") or {}
     lines = ["# collapsekit benchmark results", ""]
     facts = [("preset", meta.get("preset")), ("collapsekit", meta.get("version")),
@@ -340,7 +365,7 @@ def render_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
                   f"task {json.dumps(preset.get('task', {}))}"
                   + (f"; plugin_args {json.dumps(preset['plugin_args'])}" if preset.get("plugin_args") else "")
                   + (f"; variants {json.dumps(preset['variants'])}" if preset.get("variants") else ""), ""]
-        header = ["method", "seeds"] + [f"`{m}`{_arrow((directions.get(m) or {}).get('higher_is_better'))}"
+        header = ["method", "seeds"] + [f"`{m}`{_arrow(direction(results, task, m))}"
                                          for m in metrics] \
             + ["wall s / seed"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -363,9 +388,11 @@ def render_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
             lines += ["", f"Difference from `{ref}`: n/a (needs ≥ {MIN_SEEDS} seeds paired with the reference; "
                           f"this table has {most}), so nothing is marked or bolded."]
         elif diffs:
+            tested = sum(c.p is not None for c in diffs.values())
             lines += ["", f"Difference from `{ref}` (method − reference, mean over paired seeds "
-                          f"[95% paired bootstrap CI], paired t-test p; ▲ / ▼ significantly better / worse):", ""]
-            header = ["method"] + [f"Δ `{m}`{_arrow((directions.get(m) or {}).get('higher_is_better'))}"
+                          f"[95% paired bootstrap CI], paired t-test p Holm-adjusted over the {tested} "
+                          "comparisons of this table; ▲ / ▼ significantly better / worse):", ""]
+            header = ["method"] + [f"Δ `{m}`{_arrow(direction(results, task, m))}"
                                    for m in metrics]
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for method in methods:
@@ -377,9 +404,10 @@ def render_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
         controls = controls_of(results, task)
         if controls:
             against = control_comparisons(results, task)
-            lines += ["", "Against its control (method − control, paired by seed, same statistics; a method that "
-                          "only matches its control gains nothing from what the control leaves out):", ""]
-            header = ["method", "control"] + [f"Δ `{m}`{_arrow((directions.get(m) or {}).get('higher_is_better'))}"
+            lines += ["", "Against its control (method − control, paired by seed, same statistics, p Holm-adjusted "
+                          f"over these {sum(c.p is not None for c in against.values())} comparisons; a method "
+                          "that only matches its control gains nothing from what the control leaves out):", ""]
+            header = ["method", "control"] + [f"Δ `{m}`{_arrow(direction(results, task, m))}"
                                               for m in metrics]
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for method, control in controls.items():
@@ -408,7 +436,6 @@ def render_plots(results: Mapping, out_dir: str | Path) -> dict[str, Path]:
     """Per task, its headline metrics vs generation: a line per method (mean) and a ±std band over seeds."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    directions = results.get("metrics") or {}
     preset = (results.get("meta") or {}).get("preset", "")
     written: dict[str, Path] = {}
     for task, methods in _cells(results).items():
@@ -432,7 +459,7 @@ def render_plots(results: Mapping, out_dir: str | Path) -> dict[str, Path]:
                 if len(seeds) > 1:
                     ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                     color=line.get_color(), alpha=0.2, linewidth=0)
-            ax.set_title(metric + _arrow((directions.get(metric) or {}).get("higher_is_better")), fontsize=10)
+            ax.set_title(metric + _arrow(direction(results, task, metric)), fontsize=10)
             _generation_axis(ax)
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{task} ({preset}): mean ± std over seeds")
@@ -494,11 +521,12 @@ def runs_results(run_dirs: Sequence[str | Path]) -> dict:
                 if isinstance(v, (int, float)):
                     rows.append({"task": task, "method": method, "seed": seed, "generation": g, "metric": k,
                                  "value": float(v) if math.isfinite(v) else None})
-        for k, v in (_task_attr(class_path, "higher_is_better", {}) or {}).items():
-            directions.setdefault(k, None if v is None else bool(v))
+        for k, v in declared_directions(_task_class(class_path)).items():
+            directions.setdefault(k, v)
         headline[task] = list(_task_attr(class_path, "headline", ()) or ())
+        declared = declared_directions(_task_class(class_path))
         entry = tasks.setdefault(task, {"class_path": class_path, "methods": [], "seeds": [],
-                                        "metrics": sorted(_task_attr(class_path, "higher_is_better", {}) or {})})
+                                        "metrics": sorted(declared), "directions": declared})
         entry["methods"] = list(dict.fromkeys([*entry["methods"], method]))
         entry["seeds"] = sorted({*entry["seeds"], seed})
     metric_meta = {r["metric"]: {"higher_is_better": directions.get(r["metric"])} for r in rows}

@@ -179,6 +179,7 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
     (``require_installed=False``: no plugin check at all, e.g. to write configs).
     """
     from ..registry import discover, normalize
+    from .report import declared_directions
 
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -241,6 +242,7 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
         meta_tasks[name] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "methods": runnable,
                             "seeds": task_seeds, "preset": {k: v for k, v in spec.items() if k != "seeds"},
                             "metrics": sorted(getattr(cls, "higher_is_better", {}) or {}),
+                            "directions": declared_directions(cls),
                             "report_metrics": list(getattr(cls, "report_metrics", ()) or ()),
                             "controls": dict(getattr(cls, "bench_controls", {}) or {})}
         for m in runnable:
@@ -261,16 +263,17 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
 
 
 def _directions(classes: Iterable[type], available: Mapping[str, Any]) -> dict[str, bool | None]:
-    """``higher_is_better`` declared by the tasks and by plugin classes (attribute of the same name).
+    """``higher_is_better`` declared by plugin classes and tasks (attribute of the same name).
 
-    ``None`` = declared without a better direction (reported, not ranked).
+    ``None`` = declared without a better direction (reported, not ranked). A name two tasks rank
+    differently keeps the first here; each task's own directions are in ``meta.tasks[task].directions``.
     """
+    from .report import declared_directions
+
     out: dict[str, bool | None] = {}
     for target in [i.target for i in available.values() if not i.error] + list(classes):
-        declared = getattr(target, "higher_is_better", None)
-        if isinstance(declared, Mapping):
-            for k, v in declared.items():
-                out.setdefault(str(k), None if v is None else bool(v))
+        for k, v in declared_directions(target).items():
+            out.setdefault(k, v)
     return out
 
 

@@ -18,12 +18,16 @@ either side are dropped), take the differences ``d_s = method_s - reference_s`` 
 
 With fewer than ``MIN_SEEDS`` pairs nothing is computed (``mean`` only, ``ci``/``p`` are
 ``None``, ``significant`` is ``False``): two seeds give no usable interval.
+
+A table makes many comparisons at once; :func:`holm_adjust` corrects a family of them with
+the Holm-Bonferroni step-down rule (``p`` becomes the adjusted p-value, ``p_raw`` keeps the
+unadjusted one, and ``significant`` is re-decided on the adjusted ``p``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Hashable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -33,8 +37,10 @@ MIN_SEEDS = 3
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 METHOD = (f"{LEVEL:.0%} paired bootstrap percentile CI of the mean difference "
-          f"({RESAMPLES:,} resamples) and two-sided paired t-test; significant = p < {ALPHA} and the CI "
-          f"excludes 0; needs >= {MIN_SEEDS} seeds")
+          f"({RESAMPLES:,} resamples) and two-sided paired t-test, its p Holm-Bonferroni-adjusted over all "
+          f"the comparisons of one table; significant = adjusted p < {ALPHA} and the CI excludes 0; "
+          f"needs >= {MIN_SEEDS} seeds")
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class Comparison:
     p: float | None
     significant: bool
     better: bool | None
+    #: the unadjusted p-value when ``p`` was adjusted for multiple comparisons (:func:`holm_adjust`)
+    p_raw: float | None = None
 
 
 def _finite(v: Any) -> bool:
@@ -99,3 +107,34 @@ def compare(values: Mapping[int, Any], reference: Mapping[int, Any], higher_is_b
     if significant and higher_is_better is not None and mean != 0:
         better = (mean > 0) == bool(higher_is_better)
     return Comparison(n, mean, ci, p, significant, better)
+
+
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given.
+
+    Sorted ascending, the ``i``-th smallest (0-based) of ``m`` becomes ``min(1, (m - i) * p)``,
+    made non-decreasing along that order (the step-down rule).
+    """
+    m = len(ps)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda j: ps[j])):
+        running = max(running, min(1.0, (m - rank) * float(ps[i])))
+        adjusted[i] = running
+    return adjusted
+
+
+def holm_adjust(family: Mapping[K, Comparison], alpha: float = ALPHA) -> dict[K, Comparison]:
+    """The comparisons of one family with Holm-adjusted ``p`` and re-decided significance.
+
+    Comparisons without a p-value (too few seeds) are one of no family and stay as they are.
+    Adjusting can only take significance away, never add it.
+    """
+    tested = [k for k, c in family.items() if c.p is not None]
+    adjusted = dict(zip(tested, holm([family[k].p for k in tested])))
+    out = dict(family)
+    for k, p in adjusted.items():
+        c = family[k]
+        significant = c.significant and p < alpha
+        out[k] = replace(c, p=p, p_raw=c.p, significant=significant, better=c.better if significant else None)
+    return out
