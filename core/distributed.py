@@ -3,6 +3,7 @@ the process group exists."""
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 
 def process_rank() -> int:
@@ -31,3 +32,32 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shard(n: int) -> range:
+    """This process's contiguous block of ``range(n)``: rank ``r`` of ``s`` gets
+    ``[r * n // s, (r + 1) * n // s)``, all of it when not distributed.
+
+    The blocks in rank order make up ``range(n)``, so per-rank results gathered in rank order are
+    in single-process order. Use it to split an evaluation that every rank runs (the ``metrics`` hook).
+    """
+    rank, size = world()
+    return range(rank * n // size, (rank + 1) * n // size)
+
+
+def all_sum(values: Mapping[str, float]) -> dict[str, float]:
+    """``values`` summed over every process, in float64 (unchanged when not distributed).
+
+    A collective: every rank must call it, with the same keys.
+    """
+    import torch
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    if world()[1] == 1 or not keys:
+        return {k: float(values[k]) for k in keys}
+    total = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        total = total.cuda()
+    dist.all_reduce(total)
+    return dict(zip(keys, total.cpu().tolist()))

@@ -92,8 +92,9 @@ def synthesize(run, model, generation, request):
 def filter_samples(run, samples, generation):
     """Decide which synthesized items of ``generation`` enter the pool history.
 
-    Called once per generation, after all synthesis shards are joined (in the
-    process that writes the run's files). ``samples`` is the synthesized :class:`~collapsekit.pool.Pool`. Return a
+    Called once per generation, after all synthesis shards are joined, in every
+    process of a distributed run, which must all return the same mask (draw any
+    randomness from ``run.rng`` / ``run.torch_generator``). ``samples`` is the synthesized :class:`~collapsekit.pool.Pool`. Return a
     boolean ``numpy.ndarray`` of ``len(samples)`` (``True`` = keep), a
     ``(keep, scores)`` tuple whose float ``scores`` are summarised in the
     metrics, or ``None`` for no opinion. All masks are AND-ed; the kept share
@@ -161,4 +162,9 @@ def metrics(run, model, generation):
     generation's ``metrics.json``; two plugins returning the same key is an
     error. ``run.synthetic(generation)`` gives this generation's filtered pool.
     The built-in ``probes`` plugin reports the task's collapse probes.
+    Called in every process of a distributed run (the first one writes the
+    values): return the same values in each, e.g. by splitting an evaluation's
+    batches with ``collapsekit.distributed.shard(n)`` and reducing with
+    torchmetrics or ``collapsekit.distributed.all_sum``; every process makes the
+    same collective calls in the same order.
     """

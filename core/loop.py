@@ -166,8 +166,11 @@ def filter_pool(run: Run, samples: Pool, generation: int) -> tuple[Pool, dict[st
 def run_generation(run: Run, generation: int, make_trainer: TrainerFactory) -> dict[str, float]:
     """Train, synthesize, filter, store and measure one generation; write ``done`` last.
 
-    Under DDP every rank trains and synthesizes its shards; rank 0 alone filters, measures and
-    writes files, and all ranks meet at a barrier before the next generation.
+    Under DDP every rank trains, synthesizes its shards, filters the whole synthetic pool
+    (deterministically, so every rank keeps the same items) and measures: the ``metrics`` hook
+    runs in every rank, so an evaluation may split its batches over ranks
+    (:func:`collapsekit.distributed.shard`) and reduce. Rank 0 alone writes files; all ranks meet
+    at a barrier before measuring (the pool is on disk) and before the next generation.
     """
     gen_dir = run.gen_dir(generation)
     lead = process_rank() == 0
@@ -176,42 +179,51 @@ def run_generation(run: Run, generation: int, make_trainer: TrainerFactory) -> d
     module, pool = train_generation(run, generation, make_trainer)
     model = module.model
     lead = process_rank() == 0            # the process group may exist only now
-    model_files = run.task.save_model(model, gen_dir) if lead else []
+    files = run.task.save_model(model, gen_dir) if lead else []
     samples = synthesize_shards(run, model, generation)
-    if lead:
-        metrics = _store_and_measure(run, generation, module, pool, samples, model_files)
-        from .checkpoints import remove
-
-        remove(gen_dir)                                 # only once ``done`` is written
-    barrier()
-    return metrics if lead else run.metrics_of(generation)
-
-
-def _store_and_measure(run: Run, generation: int, module, pool: Pool, samples: Pool,
-                       model_files: list[str]) -> dict[str, float]:
-    gen_dir = run.gen_dir(generation)
-    model = module.model
     kept, filter_stats = filter_pool(run, samples, generation)
-    files = list(model_files)
-    files += [f"pool/{f}" for f in kept.save(gen_dir / "pool").values()]
-    files += run.task.write_samples(kept, gen_dir)
-    lineage = Pool({}, pool.origin_generation, pool.origin_index)
-    files += [f"train_lineage/{f}" for f in lineage.save(gen_dir / "train_lineage").values()]
-    with torch.no_grad():
-        measured = run.hooks.merged("metrics", run=run, model=model, generation=generation)
-    metrics = {k: as_float(v) for k, v in measured.items()}     # numbers: checked by the metrics contract
+    if lead:
+        files += _store(run, generation, pool, kept)
+    barrier()
+    metrics = measure(run, model, generation)
     metrics.update(module.term_means())
     metrics.update(filter_stats)
     metrics["train/steps"] = float(module.global_step)
     metrics["train/world_size"] = float(module.trainer.world_size)
     metrics["pool/size"] = float(len(pool))
     metrics["pool/real_share"] = float(np.mean(np.asarray(pool.origin_generation) < 0)) if len(pool) else 0.0
-    atomic_write_json(gen_dir / "metrics.json", metrics)
-    files.append("metrics.json")
-    files += run.plugin_files(generation)
-    run.write_manifest(generation, files)
-    atomic_write_bytes(gen_dir / "done", b"")
+    if lead:
+        _finish(run, generation, metrics, files)
+    barrier()
     return metrics
+
+
+def measure(run: Run, model: torch.nn.Module, generation: int) -> dict[str, float]:
+    """Every ``metrics`` result of ``generation`` as floats (called in every rank; see the hook's contract)."""
+    with torch.no_grad():
+        measured = run.hooks.merged("metrics", run=run, model=model, generation=generation)
+    return {k: as_float(v) for k, v in measured.items()}     # numbers: checked by the metrics contract
+
+
+def _store(run: Run, generation: int, pool: Pool, kept: Pool) -> list[str]:
+    """Write the kept synthetic pool, its samples and the training pool's lineage; return the files."""
+    gen_dir = run.gen_dir(generation)
+    files = [f"pool/{f}" for f in kept.save(gen_dir / "pool").values()]
+    files += run.task.write_samples(kept, gen_dir)
+    lineage = Pool({}, pool.origin_generation, pool.origin_index)
+    files += [f"train_lineage/{f}" for f in lineage.save(gen_dir / "train_lineage").values()]
+    return files
+
+
+def _finish(run: Run, generation: int, metrics: dict[str, float], files: list[str]) -> None:
+    """Write ``metrics.json`` and the manifest, then ``done``; remove the generation's step checkpoints."""
+    from .checkpoints import remove
+
+    gen_dir = run.gen_dir(generation)
+    atomic_write_json(gen_dir / "metrics.json", metrics)
+    run.write_manifest(generation, [*files, "metrics.json", *run.plugin_files(generation)])
+    atomic_write_bytes(gen_dir / "done", b"")
+    remove(gen_dir)                                 # only once ``done`` is written
 
 
 def execute(run: Run, make_trainer: TrainerFactory, on_generation: Callable[[int, dict, bool], None] | None = None

@@ -1,9 +1,9 @@
 """torchmetrics ``Metric``s for the probes torchmetrics has no exact match for.
 
 They accumulate on the device in float64 and reduce across processes (``dist_reduce_fx="sum"``),
-so a held-out evaluation can be split over ranks and still give the single-process value. A probe
-computed in one process only (the engine measures a generation in the first rank) passes
-``sync_on_compute=False``: a reduction that the other ranks never join would wait forever.
+so a held-out evaluation can be split over ranks (:func:`collapsekit.distributed.shard`; the engine
+calls the ``metrics`` hook in every rank) and still give the single-process value. A value that
+each process computes whole passes ``sync_on_compute=False`` (a sync would count it once per rank).
 """
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def expected_calibration_error(probs: np.ndarray | torch.Tensor, labels: np.ndar
                                bins: int = 15) -> float:
     """ECE: sum over equal-width confidence bins of |bin| / N * |accuracy(bin) - confidence(bin)|
     (through :class:`collapsekit.metrics.CalibrationError`)."""
-    metric = CalibrationError(bins, sync_on_compute=False)
+    metric = CalibrationError(bins, sync_on_compute=False)     # called on the whole held-out set in each process
     metric.update(torch.as_tensor(np.asarray(probs)), torch.as_tensor(np.asarray(labels)).long())
     return float(metric.compute())
 

@@ -76,6 +76,7 @@ import torch.nn.functional as F
 
 from collapsekit.capabilities import (ForgetRetain, HiddenStates, Sampler, StepFeatures, TextItems,
                                       TokenSequences)
+from collapsekit.distributed import shard
 from collapsekit.errors import ConfigError
 from collapsekit.fileio import atomic_write_bytes
 from collapsekit.metrics import MeanNLL
@@ -599,14 +600,15 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
 
     # -- probes -------------------------------------------------------------------------
     def heldout_nll(self, model: torch.nn.Module) -> float:
-        """Mean per-token NLL (nats) of the held-out blocks."""
-        metric = MeanNLL(sync_on_compute=False)     # the probes run in one process
+        """Mean per-token NLL (nats) of the held-out blocks (under DDP each process takes its
+        :func:`~collapsekit.distributed.shard` of the blocks; the mean is reduced)."""
+        metric = MeanNLL().to(next(model.parameters()).device)
+        rows = shard(len(self.heldout_tokens))
         with evaluating(model):
-            for i in range(0, len(self.heldout_tokens), self.eval_batch_size):
-                chunk = torch.as_tensor(self.heldout_tokens[i:i + self.eval_batch_size])
+            for i in range(rows.start, rows.stop, self.eval_batch_size):
+                chunk = torch.as_tensor(self.heldout_tokens[i:min(i + self.eval_batch_size, rows.stop)])
                 logits = self.forward(model, chunk).logits.float()
                 labels = chunk[:, 1:].to(logits.device)
-                metric = metric.to(logits.device)
                 metric.update(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum"), labels.numel())
         return float(metric.compute())
 

@@ -657,7 +657,8 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures)
         real_features = self.evaluate_images(self.heldout_x)[1].double()
         scale = float(real_features.std()) or 1.0
         net = FeatureNet(self.evaluator, int(self.evaluator.num_features), real_features.mean(0), scale)
-        # the probes run in one process (the engine measures in the first rank): no cross-rank sync
+        # not split over ranks: every process measures the whole FID / KID itself, so no cross-rank sync
+        # (the real side is filled at setup, before a process group exists; KID draws subsets by position)
         fid = FrechetInceptionDistance(feature=net, reset_real_features=False, sync_on_compute=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from collapsekit.distributed import shard
 from collapsekit.metrics import MeanNLL
 from collapsekit.pool import REAL, Pool
 from collapsekit.capabilities import HiddenStates, Items, Sampler, StepFeatures, TokenSequences
@@ -135,11 +136,13 @@ class CausalLMTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
     # -- probes ---------------------------------------------------------------
     @torch.no_grad()
     def heldout_nll(self, model: torch.nn.Module) -> float:
-        """Mean per-token negative log-likelihood (nats) of the held-out real text."""
+        """Mean per-token negative log-likelihood (nats) of the held-out real text (under DDP each
+        process takes its :func:`~collapsekit.distributed.shard` of the sequences; the mean is reduced)."""
         model.eval()
         device = next(model.parameters()).device
-        tokens = torch.as_tensor(self.heldout_tokens)
-        metric = MeanNLL(sync_on_compute=False).to(device)     # the probes run in one process
+        rows = shard(len(self.heldout_tokens))
+        tokens = torch.as_tensor(self.heldout_tokens[rows.start:rows.stop])
+        metric = MeanNLL().to(device)
         for i in range(0, len(tokens), self.eval_batch_size):
             chunk = tokens[i:i + self.eval_batch_size].to(device)
             logits = self.forward(model, chunk).logits

@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from collapsekit.distributed import all_sum, shard
 from collapsekit.pool import Pool
 from collapsekit.plugins.tasks.language import CausalLMTask
 from ._bench import CHEAP_SEEDS
@@ -145,12 +146,14 @@ class MarkovText(CausalLMTask):
         ``kl``: mean per-token KL(true ‖ model) in nats. ``tail_mass_lost``: mean true
         mass on tokens the model gives less than ``tail_threshold``. ``tail_coverage``:
         share of (position, rare token) pairs -- rare meaning 0 < P < ``rare_p`` -- where
-        the model keeps at least half of the true probability.
+        the model keeps at least half of the true probability. Under DDP each process takes its
+        :func:`~collapsekit.distributed.shard` of the held-out sequences and the sums are added up.
         """
         kl_sum, tail_sum, count = 0.0, 0.0, 0
         covered, rare_total = 0.0, 0.0
-        for i in range(0, len(self.heldout_tokens), self.eval_batch_size):
-            tokens = self.heldout_tokens[i:i + self.eval_batch_size]
+        rows = shard(len(self.heldout_tokens))
+        for i in range(rows.start, rows.stop, self.eval_batch_size):
+            tokens = self.heldout_tokens[i:min(i + self.eval_batch_size, rows.stop)]
             logq = torch.log_softmax(self.token_logits(model, tokens).double(), -1)[..., :self.vocab_size]
             p = torch.from_numpy(self.true_next(tokens))
             plogp = torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p))
@@ -161,8 +164,9 @@ class MarkovText(CausalLMTask):
             covered += (rare & (q >= p / 2)).sum().item()
             rare_total += rare.sum().item()
             count += p.shape[0] * p.shape[1]
-        return {"kl": kl_sum / count, "tail_mass_lost": tail_sum / count,
-                "tail_coverage": covered / rare_total if rare_total else 1.0}
+        sums = all_sum({"kl": kl_sum, "tail": tail_sum, "count": count, "covered": covered, "rare": rare_total})
+        return {"kl": sums["kl"] / sums["count"], "tail_mass_lost": sums["tail"] / sums["count"],
+                "tail_coverage": sums["covered"] / sums["rare"] if sums["rare"] else 1.0}
 
     def extra_metrics(self, model, samples):
         return self.source_divergence(model)

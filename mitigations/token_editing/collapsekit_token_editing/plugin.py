@@ -15,6 +15,7 @@ import torch
 
 from collapsekit import capabilities as caps
 from collapsekit import hookimpl
+from collapsekit.distributed import all_sum
 
 from .functional import edit_statistics, edit_tokens
 
@@ -121,9 +122,10 @@ class TokenEditing:
     @hookimpl
     def metrics(self, generation: int) -> dict[str, float]:
         result = {PREFIX + "threshold": self.threshold, PREFIX + "top_k": float(self.top_k)}
-        counts = self.counts.get(generation)
-        if counts:
-            total = max(counts["positions"], 1.0)
+        # each process counted its own synthesis shards: sum them (every process calls metrics)
+        counts = all_sum(self.counts.get(generation) or dict.fromkeys(COUNTS, 0.0))
+        if counts["positions"]:
+            total = counts["positions"]
             keys = COUNTS[1:] if self.drop_below is not None else COUNTS[1:3]
             result.update({PREFIX + k: counts[k] / total for k in keys})
         return result
