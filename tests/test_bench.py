@@ -281,9 +281,17 @@ def test_perf_smoke_writes_every_section(tmp_path):
     result = run_perf(tmp_path, smoke=True)
     text = (tmp_path / "PERF.md").read_text()
     for title in ("Engine overhead", "Plugin dispatch", "Synthesis throughput (GPT-2)", "Synthesis throughput (Llama)",
-                  "NPO", "Token editing", "Time and memory per generation"):
+                  "NPO", "Token editing", "Time and memory per generation", "Engine overhead: one generation's "
+                  "training, 6 steps", "Host syncs per training step", "Scaling: time of one generation"):
         assert f"## {title}" in text, title
-    assert len(result["sections"]) == 7
+    assert len(result["sections"]) == 10
+    syncs = next(s for s in result["sections"] if s["title"] == "Host syncs per training step")
+    assert syncs["passed"] and [r["host syncs"] for r in syncs["rows"]] == [0] * len(syncs["rows"])
+    assert [r["plugins"] for r in syncs["rows"]] == ["(none)", "vicreg", "maxsup", "label-smoothing",
+                                                     "seqvcr, pause-tokens", "npo", "npo-rt", "gradient-ascent"]
+    scaling = next(s for s in result["sections"] if s["title"].startswith("Scaling"))
+    assert [(r["varied"], r["value"]) for r in scaling["rows"]] == \
+        [("pool size", n) for n in (16, 32, 64)] + [("model width (n_embd)", w) for w in (8, 16, 32)]
     assert json.loads((tmp_path / "perf.json").read_text())["sections"][0]["title"].startswith("Engine")
     assert "max |weight difference| between the two trained models = 0" in text   # the same steps
 

@@ -119,41 +119,23 @@ def test_in_process_plugins_are_scoped():
         collapsekit.register(Quiet(), name="quiet")
 
 
-SYNCS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
-
-
-def test_training_steps_never_wait_for_the_device(tmp_path, tiny_task, monkeypatch):
+def test_training_steps_never_wait_for_the_device(tmp_path, tiny_task):
     """No .item(), float(), .cpu(), .tolist(), bool() of a tensor inside a training step (engine and
     built-in plugins): on a GPU each would stall the step until the device catches up."""
-    counts: dict[str, int] = {}
-    inside = [False]
-    for name in SYNCS:
-        original = getattr(torch.Tensor, name)
+    from collapsekit.bench.perf import host_syncs_in_training_steps
 
-        def counted(self, *args, _name=name, _original=original, **kwargs):
-            if inside[0]:
-                counts[_name] = counts.get(_name, 0) + 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    step = GenerationalModule.training_step
-
-    def watched(self, batch, batch_idx):
+    with host_syncs_in_training_steps() as (counts, inside):
+        run = Run(RunConfig(name="sync", root=str(tmp_path), generations=1), tiny_task, build_manager([]))
+        metrics = execute(run, trainer_factory(max_steps=6, logger=False, enable_progress_bar=False,
+                                               accelerator="cpu"))
+        assert metrics[0]["train/steps"] == 6.0 and counts == {}
+        # the counter itself works: a sync inside a step is seen
         inside[0] = True
-        try:
-            return step(self, batch, batch_idx)
-        finally:
-            inside[0] = False
-
-    monkeypatch.setattr(GenerationalModule, "training_step", watched)
-    run = Run(RunConfig(name="sync", root=str(tmp_path), generations=1), tiny_task, build_manager([]))
-    metrics = execute(run, trainer_factory(max_steps=6, logger=False, enable_progress_bar=False, accelerator="cpu"))
-    assert metrics[0]["train/steps"] == 6.0 and counts == {}
-    # the counter itself works: a sync inside a step is seen
-    inside[0] = True
-    torch.ones(1).item()
-    inside[0] = False
-    assert counts == {"item": 1}
+        torch.ones(1).item()
+        float(torch.ones(()))
+        inside[0] = False
+    assert counts == {"item": 1, "__float__": 1}
+    assert torch.Tensor.item.__name__ == "item"          # the methods are restored on exit
 
 
 def test_term_means_equal_the_plain_mean_of_the_logged_values(tmp_path, tiny_task):

@@ -10,7 +10,12 @@ Sections (each a ratio with a target; numbers are measured, never assumed):
 4. NPO with a cached vs recomputed reference (``collapsekit_npo``, when installed);
 5. token editing vs ancestral generation (``collapsekit_token_editing``, when installed);
 6. time and peak RSS per generation as the pool grows, accumulate vs accumulate-subsample
-   over 10 generations (``collapsekit_accumulate``, when installed).
+   over 10 generations (``collapsekit_accumulate``, when installed);
+7. the engine overhead again at ``long_steps`` (>= 2000) optimiser steps, where the per-generation
+   fixed costs (Trainer, model, pool) are amortised;
+8. host syncs per training step: tensor methods that wait for the device (:data:`SYNC_METHODS`)
+   called inside training steps (target 0);
+9. wall and CPU time of one whole generation at 3 pool sizes and 3 model sizes (measured).
 
 Timings alternate the two sides and compare each side's fastest repeat in process
 CPU seconds, which other jobs on a shared machine disturb far less than wall time
@@ -40,15 +45,18 @@ FULL = {"task": {"vocab_size": 64, "seq_len": 64, "train_size": 2000, "heldout_s
         "growth_task": {"vocab_size": 64, "seq_len": 64, "train_size": 4000, "heldout_size": 100,
                         "n_layer": 1, "n_embd": 16, "n_head": 2, "batch_size": 64},
         "growth_steps": 20, "isolate": True, "npo_steps": 100,
-        "dispatch_n": 500}
+        "dispatch_n": 500, "long_steps": 2000, "long_repeats": 2, "sync_steps": 50,
+        "scale_steps": 200, "scale_pools": (500, 2000, 8000), "scale_widths": (32, 64, 128)}
 SMOKE = {"task": {"vocab_size": 16, "seq_len": 16, "train_size": 64, "heldout_size": 32, "n_layer": 1,
                   "n_embd": 16, "n_head": 2, "batch_size": 16},
          "steps": 4, "repeats": 1, "sample_n": 16, "batch_sizes": (16,), "growth_generations": 2,
          "growth_task": {"vocab_size": 16, "seq_len": 16, "train_size": 64, "heldout_size": 32, "n_layer": 1,
                          "n_embd": 16, "n_head": 2, "batch_size": 16},
          "growth_steps": 2, "isolate": False, "npo_steps": 2, "npo_learn_steps": 2,
-         "dispatch_n": 64}
+         "dispatch_n": 64, "long_steps": 6, "long_repeats": 1, "sync_steps": 4,
+         "scale_steps": 2, "scale_pools": (16, 32, 64), "scale_widths": (8, 16, 32)}
 N_NOOP = 7
+SECTIONS = 10
 
 
 @dataclass
@@ -110,12 +118,12 @@ def _trainer(steps: int):
                            enable_model_summary=False)
 
 
-def _new_run(root: Path, name: str, task, plugins=(), generations: int = 1, seed: int = 0):
+def _new_run(root: Path, name: str, task, plugins=(), generations: int = 1, seed: int = 0, init: str = "scratch"):
     from ..dispatch import build_manager
     from ..run import Run, RunConfig
 
     config = RunConfig(name=name, root=str(root), generations=generations, seed=seed, plugins=list(plugins),
-                       overwrite=True)
+                       overwrite=True, init=init)
     return Run(config, task, build_manager(config.plugins))
 
 
@@ -227,35 +235,40 @@ def plain_training(task, real, steps: int, seed: int) -> torch.nn.Module:
     return model
 
 
-def engine_overhead(cfg: dict, root: Path) -> tuple[Section, torch.nn.Module]:
+def engine_overhead(cfg: dict, root: Path, steps: int | None = None, repeats: int | None = None,
+                    warm_up: bool = True) -> tuple[Section, torch.nn.Module]:
+    """Section 1 (``steps = cfg["steps"]``) or 7 (``steps = cfg["long_steps"]``)."""
     from ..loop import start, train_generation
 
+    steps = steps or cfg["steps"]
     task = _task(cfg["task"])
-    run = _new_run(root, "engine", task)
+    run = _new_run(root, f"engine-{steps}", task)
     start(run)
     real = task.real_pool()
     models: dict[str, torch.nn.Module] = {}
 
     def engine() -> float:
         t = _clock()
-        module, _ = train_generation(run, 0, _trainer(cfg["steps"]))
+        module, _ = train_generation(run, 0, _trainer(steps))
         models["engine"] = module.model
         return _since(t)
 
     def plain() -> float:
         t = _clock()
-        models["plain"] = plain_training(task, real, cfg["steps"], run.seed)
+        models["plain"] = plain_training(task, real, steps, run.seed)
         return _since(t)
 
-    engine()  # warm-up: imports, first Trainer, allocator
-    te, tp = _alternate(engine, plain, cfg["repeats"])
+    if warm_up:
+        engine()  # warm-up: imports, first Trainer, allocator
+    te, tp = _alternate(engine, plain, repeats or cfg["repeats"])
     ratio = _ratio(te, tp)
     diff = max((a - b).abs().max().item() for a, b in zip(models["engine"].state_dict().values(),
                                                            models["plain"].state_dict().values()))
-    section = Section("Engine overhead: one generation's training", "<= 1.10x", ratio, ratio <= 1.10,
+    title = "Engine overhead: one generation's training" + ("" if steps == cfg["steps"] else f", {steps} steps")
+    section = Section(title, "<= 1.10x", ratio, ratio <= 1.10,
                       _timing_rows("collapsekit (Trainer + GenerationalModule, no plugins)", te,
                                    "plain torch loop", tp))
-    section.notes += [f"{cfg['steps']} optimiser steps, MarkovText {cfg['task']}; the engine side includes "
+    section.notes += [f"{steps} optimiser steps, MarkovText {cfg['task']}; the engine side includes "
                       "building the Trainer, the model and the pool.",
                       f"same steps check: max |weight difference| between the two trained models = {diff:.3g}"]
     return section, models["engine"]
@@ -522,6 +535,122 @@ def pool_growth(cfg: dict, root: Path) -> Section:
     return section
 
 
+# -- 8. host syncs per training step ------------------------------------------------------------------
+SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+"""Tensor methods that copy a value to the host: on a GPU each waits until the device catches up."""
+
+
+@contextlib.contextmanager
+def host_syncs_in_training_steps():
+    """Count :data:`SYNC_METHODS` calls made inside ``GenerationalModule.training_step`` while open.
+
+    Yields the ``{method: calls}`` dict it fills (empty when there were none) and a flag list whose
+    single item can be set to count outside a step too (to check the counter itself).
+    """
+    from ..module import GenerationalModule
+
+    counts: dict[str, int] = {}
+    inside = [False]
+    originals = {name: getattr(torch.Tensor, name) for name in SYNC_METHODS}
+    step = GenerationalModule.training_step
+
+    def counting(name: str, original):
+        def counted(self, *args, **kwargs):
+            if inside[0]:
+                counts[name] = counts.get(name, 0) + 1
+            return original(self, *args, **kwargs)
+        return counted
+
+    def watched(self, batch, batch_idx):
+        inside[0] = True
+        try:
+            return step(self, batch, batch_idx)
+        finally:
+            inside[0] = False
+
+    try:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, counting(name, original))
+        GenerationalModule.training_step = watched
+        yield counts, inside
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+        GenerationalModule.training_step = step
+
+
+SYNC_CASES = (("markov-text", ()), ("markov-text", ("vicreg",)), ("markov-text", ("maxsup",)),
+              ("markov-text", ("label-smoothing",)), ("multiplication", ("seqvcr", "pause-tokens")),
+              ("facts-unlearning", ("npo",)), ("facts-unlearning", ("npo-rt",)),
+              ("facts-unlearning", ("gradient-ascent",)))
+"""(task, plugins) whose training steps :func:`host_syncs` counts: the engine alone and every built-in
+plugin with ``loss_terms``, each on a task it supports (the task's ``smoke`` preset)."""
+
+
+def host_syncs(cfg: dict, root: Path) -> Section:
+    from ..loop import execute
+    from .runner import load_tasks, method_plugins
+
+    section = Section("Host syncs per training step", "0")
+    total, missing = 0, []
+    tasks, _ = load_tasks(sorted({t for t, _ in SYNC_CASES}))
+    for task_name, plugins in SYNC_CASES:
+        if not all(_installed_plugin(p) for p in plugins):
+            missing += [p for p in plugins if not _installed_plugin(p)]
+            continue
+        spec = tasks[task_name].preset("smoke")
+        init = spec.get("init", "scratch")     # unlearning: generation 0 learns, generation 1 unlearns
+        with host_syncs_in_training_steps() as (counts, _):
+            run = _new_run(root, f"syncs-{task_name}-{'-'.join(plugins) or 'none'}", tasks[task_name](**spec["task"]),
+                           method_plugins("+".join(plugins), spec.get("plugin_args")) if plugins else (),
+                           generations=1 if init == "scratch" else 2, init=init)
+            steps = int(sum(m["train/steps"] for m in execute(run, _trainer(cfg["sync_steps"]))))
+        calls = sum(counts.values())
+        total += calls
+        section.rows.append({"task": task_name, "plugins": ", ".join(plugins) or "(none)", "steps": steps,
+                             "host syncs": calls, "per step": calls / steps,
+                             "which": ", ".join(f"{k} x{v}" for k, v in counts.items())})
+    section.ratio, section.passed = float(total), total == 0
+    section.notes.append(f"calls of {', '.join(SYNC_METHODS)} on any tensor inside training steps (engine, "
+                         "task step, loss-term plugins), each task at its smoke preset")
+    if missing:
+        section.notes.append(f"not installed, not counted: {', '.join(sorted(set(missing)))}")
+    return section
+
+
+def _installed_plugin(name: str) -> bool:
+    from ..registry import discover, normalize
+
+    return any(normalize(n) == normalize(name) and not i.error for n, i in discover().items())
+
+
+# -- 9. scaling of one generation --------------------------------------------------------------------
+def generation_scaling(cfg: dict, root: Path) -> Section:
+    from ..loop import execute
+
+    section = Section("Scaling: time of one generation with pool size and model size", "report only")
+    base = cfg["task"]
+    variants = [("pool size", n, {**base, "train_size": n}) for n in cfg["scale_pools"]]
+    variants += [("model width (n_embd)", w, {**base, "n_embd": w}) for w in cfg["scale_widths"]]
+    first: dict[str, Timing] = {}
+    for what, value, sizes in variants:
+        task = _task(sizes)
+        run = _new_run(root, f"scale-{what[:4]}-{value}", task)
+        t = _clock()
+        execute(run, _trainer(cfg["scale_steps"]))
+        spent = _since(t)
+        first.setdefault(what, spent)
+        params = sum(p.numel() for p in task.build_model().parameters())
+        section.rows.append({"varied": what, "value": value, "parameters": params,
+                             "pool (train = synthesized)": sizes["train_size"], "CPU s": spent.cpu,
+                             "wall s": spent.wall, "wall x smallest": spent.wall / first[what].wall})
+    section.notes += [f"one generation through `execute`: {cfg['scale_steps']} optimiser steps (fixed, so training "
+                      "time depends on the model only), synthesis of as many sequences as the pool holds, "
+                      f"filter, probes on {base['heldout_size']} held-out sequences, files; MarkovText {base} "
+                      "with the varied setting; one run each (a measurement, no target)"]
+    return section
+
+
 # -- report --------------------------------------------------------------------------------------------
 def _cell(v: Any) -> str:
     if isinstance(v, float):
@@ -579,7 +708,7 @@ def run_perf(out: str | Path = "bench", smoke: bool = False) -> dict:
         def measured(section: Section) -> None:
             sections.append(section)
             result = section.skipped or (f"{section.ratio:.3f}x" if section.ratio is not None else "measured")
-            print(f"collapsekit perf [{len(sections)}/7] {section.title}: {result}", flush=True)
+            print(f"collapsekit perf [{len(sections)}/{SECTIONS}] {section.title}: {result}", flush=True)
 
         overhead, model = engine_overhead(cfg, root)
         measured(overhead)
@@ -589,6 +718,9 @@ def run_perf(out: str | Path = "bench", smoke: bool = False) -> dict:
         measured(npo_cache(cfg, root))
         measured(editing_vs_ancestral(cfg, root, model))
         measured(pool_growth(cfg, root))
+        measured(engine_overhead(cfg, root, cfg["long_steps"], cfg["long_repeats"], warm_up=False)[0])
+        measured(host_syncs(cfg, root))
+        measured(generation_scaling(cfg, root))
     env["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     env["wall time"] = f"{time.perf_counter() - started:.0f} s"
     result = {"meta": env, "sections": [s.__dict__ for s in sections]}

@@ -39,8 +39,8 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Ten
                          f"got {tuple(mask.shape)}")
     mask = mask.bool()
     safe = torch.where(mask, labels, torch.zeros_like(labels))
-    if ((safe < 0) | (safe >= logits.shape[-1])).any():
-        raise ValueError(f"sequence_logprob: a label at an unmasked position is outside [0, {logits.shape[-1]})")
+    check_on_device(((safe >= 0) & (safe < logits.shape[-1])).all(),
+                    f"sequence_logprob: a label at an unmasked position is outside [0, {logits.shape[-1]})")
     logp = F.log_softmax(logits.to(_compute_dtype(logits)), dim=-1)
     token = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
     return torch.where(mask, token, torch.zeros_like(token)).sum(-1)
@@ -48,9 +48,10 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Ten
 
 def masked_nll(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean token NLL over every masked position of the batch (scalar); arguments as :func:`sequence_logprob`."""
-    count = labels.numel() if mask is None else int(mask.bool().sum())
-    if count == 0:
-        raise ValueError("masked_nll: the mask selects no token")
+    if mask is None:
+        return -sequence_logprob(logits, labels, mask).sum() / labels.numel()
+    count = mask.bool().sum()
+    check_on_device(count > 0, "masked_nll: the mask selects no token")
     return -sequence_logprob(logits, labels, mask).sum() / count
 
 
@@ -97,3 +98,13 @@ def npo_rt_loss(logp: torch.Tensor, ref_logp: torch.Tensor, retain_nll: torch.Te
                          f"forget_coeff={forget_coeff}")
     forget = npo_loss(logp, ref_logp, beta)
     return forget_coeff * forget + retain_coeff * retain_nll.reshape(()).to(forget.dtype)
+
+
+def check_on_device(condition: torch.Tensor, message: str) -> None:
+    """Raise ``ValueError(message)`` unless the bool tensor ``condition`` holds. On an accelerator the
+    check runs on the device without the host waiting for it (a failure stops the kernel stream), so a
+    training step that validates its inputs this way has no host sync."""
+    try:
+        torch._assert_async(condition, message)
+    except RuntimeError:
+        raise ValueError(message) from None

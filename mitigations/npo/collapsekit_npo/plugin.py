@@ -22,8 +22,9 @@ The task must have the capability :class:`collapsekit.capabilities.ForgetRetain`
 ``step`` returns ``"logits"`` and ``"labels"``.
 
 NPO's reference is the model at the start of unlearning (generation 0's final
-weights). Its summed answer log-prob is computed once per forget example, on the
-first batch that holds it, and cached by ``example_id`` for the whole run.
+weights). Its summed answer log-prob of every forget example is computed once, in the
+first unlearning step, and kept on the device by ``example_id`` for the whole run, so
+that a training step never waits for the device to look one up.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from collapsekit import capabilities as caps
 from collapsekit import hookimpl
 from collapsekit.errors import ConfigError, RunStateError, TaskIncompatible
 
-from .cache import RefLogpCache
+from .cache import RefLogpTable
 from .losses import gradient_ascent_loss, masked_nll, npo_loss, sequence_logprob
 
 OPTIMIZER_FILE = "unlearning_optimizer.pt"
@@ -171,14 +172,14 @@ class NPO(_Unlearning):
     Args:
         beta: inverse temperature of NPO (open-unlearning's default 0.1).
 {_COMMON_ARGS}
-        cache_reference: compute each forget example's reference log-prob once and reuse it
-            (default); false recomputes it with a reference forward pass every step, as
-            open-unlearning does (same values, slower).
+        cache_reference: compute every forget example's reference log-prob once, in the first
+            unlearning step, and reuse it (default); false recomputes the batch's with a
+            reference forward pass every step, as open-unlearning does (same values, slower).
 
     Loss terms: ``nll`` (generation 0), ``npo`` (generations >= 1). Metrics:
     ``<name>/ref_cached`` (forget examples with a cached reference log-prob) and
     ``<name>/ref_forwards`` (examples sent through the reference model by this process:
-    each example once, so it equals ``ref_cached`` unless the run was resumed).
+    each forget example once with the cache, so it equals ``ref_cached``).
     """
 
     name = "npo"
@@ -191,11 +192,13 @@ class NPO(_Unlearning):
         if not isinstance(cache_reference, bool):
             raise ValueError(f"{self.name}: cache_reference must be true or false, got {cache_reference!r}")
         self.cache_reference = cache_reference
-        self.cache = RefLogpCache()
+        self.cache = RefLogpTable()
+        self.recomputed = 0
         self._reference_ready = False
 
     def reset(self) -> None:
-        self.cache = RefLogpCache()
+        self.cache = RefLogpTable()
+        self.recomputed = 0
 
     def start_phase(self, run, generation, module):
         # the engine's reference_model is the model this generation starts from: generation 0's final
@@ -215,19 +218,33 @@ class NPO(_Unlearning):
         return ref
 
     def reference_logp(self, module: Any, batch: Mapping[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-        """Reference log-probs [N] of the batch's forget examples: cached, computed once per ``example_id``."""
-
+        """Reference log-probs [N] of the batch's forget examples, from the table (filled on first use
+        with the whole forget set) or, without ``cache_reference``, from a reference forward pass."""
         if not self.cache_reference:
-            self.cache.clear()              # open-unlearning's way: a reference forward pass every step
+            self.recomputed += len(batch["tokens"])
+            return self._reference_pass(module, batch).to(like.dtype)
+        if not self.cache.filled:
+            self._fill_table(module, like.device)
+        return self.cache.lookup(batch["example_id"], dtype=like.dtype)
 
-        def compute(rows: torch.Tensor) -> torch.Tensor:
-            ref = self.reference_model(module)
-            rows = rows.to(batch["tokens"].device)
-            sub = {k: v[rows] for k, v in batch.items()}
-            out = module.task.step(ref, sub, frozenset())
-            return sequence_logprob(out["logits"], out["labels"], module.task.answer_mask(sub))
+    def _reference_pass(self, module: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            out = module.task.step(self.reference_model(module), batch, frozenset())
+            return sequence_logprob(out["logits"], out["labels"], module.task.answer_mask(batch))
 
-        return self.cache.lookup(batch["example_id"], compute, dtype=like.dtype, device=like.device)
+    def _fill_table(self, module: Any, device: torch.device) -> None:
+        forget = module.task.forget_pool()
+        if len(forget) == 0:
+            raise TaskIncompatible(f"{self.name}: the task's forget_pool() is empty; there is nothing to unlearn")
+        ids = np.asarray(forget.arrays["example_id"])
+        if (ids < 0).any():
+            raise TaskIncompatible(f"{self.name}: forget_pool() holds example ids < 0; a forget example needs a "
+                                   "stable id >= 0")
+        size = module.task.batch_size
+        values = [self._reference_pass(module, {k: torch.as_tensor(np.array(v[s:s + size])).to(device)
+                                                for k, v in forget.arrays.items()})
+                  for s in range(0, len(forget), size)]
+        self.cache.fill(torch.as_tensor(ids, device=device), torch.cat(values), size=int(ids.max()) + 1)
 
     def forget_logps(self, module, batch, outputs) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logp, ref_logp)`` [N] of the forget batch: summed answer log-probs, model and reference."""
@@ -241,7 +258,7 @@ class NPO(_Unlearning):
     @hookimpl
     def metrics(self):
         return {f"{self.name}/ref_cached": float(len(self.cache)),
-                f"{self.name}/ref_forwards": float(self.cache.forwarded)}
+                f"{self.name}/ref_forwards": float(self.cache.forwarded + self.recomputed)}
 
 
 class NPORT(NPO):
@@ -273,21 +290,26 @@ class NPORT(NPO):
         self.retain_coeff = _number(retain_coeff, "retain_coeff", self.name, allow_zero=True)
         self.forget_coeff = _number(forget_coeff, "forget_coeff", self.name, allow_zero=True)
         self._retain: Any = None
+        self._retain_on: dict[str, torch.Tensor] | None = None
         self._generator: torch.Generator | None = None
 
     def start_phase(self, run, generation, module):
         super().start_phase(run, generation, module)
         self._retain = run.task.retain_pool()
+        self._retain_on = None
         self._generator = run.torch_generator(generation, "npo-rt/retain")
 
     def retain_batch(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """``n`` retain items drawn uniformly with replacement."""
+        """``n`` retain items drawn uniformly with replacement (the retain set is moved to ``device``
+        once; the draw is indexed there, so the step does not wait for the device)."""
         if self._retain is None or self._generator is None:
             raise RuntimeError("npo-rt: generation_start was not called before loss_terms")
         if len(self._retain) == 0:
             raise TaskIncompatible("npo-rt: the task's retain_pool() is empty; use npo or give the task retain data")
-        idx = torch.randint(len(self._retain), (n,), generator=self._generator).numpy()
-        return {k: torch.as_tensor(np.asarray(v[idx])).to(device) for k, v in self._retain.arrays.items()}
+        if self._retain_on is None or next(iter(self._retain_on.values())).device != device:
+            self._retain_on = {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in self._retain.arrays.items()}
+        idx = torch.randint(len(self._retain), (n,), generator=self._generator).to(device)
+        return {k: v[idx] for k, v in self._retain_on.items()}
 
     def unlearn_terms(self, module, batch, outputs):
         logp, ref = self.forget_logps(module, batch, outputs)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from collapsekit_npo import (RefLogpCache, gradient_ascent_loss, masked_nll, npo_loss, npo_rt_loss,
+from collapsekit_npo import (RefLogpTable, gradient_ascent_loss, masked_nll, npo_loss, npo_rt_loss,
                              sequence_logprob)
 
 # fixed inputs: 2 sequences, 3 positions, vocabulary of 4
@@ -165,24 +165,23 @@ def test_errors_name_the_problem():
         npo_rt_loss(t64(LOGP), t64(REF), t64(1.0), retain_coeff=-1.0)
 
 
-def test_cache_computes_each_id_once():
-    cache = RefLogpCache()
-    seen: list[list[int]] = []
-
-    def compute_for(ids):
-        def compute(rows):
-            seen.append([int(ids[r]) for r in rows])
-            return -ids[rows].double() / 10
-        return compute
-
-    first = torch.tensor([3, 5, 3, 7])
-    out = cache.lookup(first, compute_for(first), dtype=torch.float64)
-    torch.testing.assert_close(out, t64([-0.3, -0.5, -0.3, -0.7]))
-    second = torch.tensor([7, 9, 5])
-    out = cache.lookup(second, compute_for(second), dtype=torch.float64)
-    torch.testing.assert_close(out, t64([-0.7, -0.9, -0.5]))
-    assert seen == [[3, 5, 7], [9]] and cache.forwarded == 4 and len(cache) == 4
-    cache.lookup(second, compute_for(second))
-    assert len(seen) == 2            # everything cached: compute not called
+def test_reference_table_looks_up_by_example_id():
+    table = RefLogpTable()
+    assert not table.filled and len(table) == 0
+    table.fill(torch.tensor([7, 3, 5]), t64([-0.7, -0.3, -0.5]))
+    assert table.filled and len(table) == 3 and table.forwarded == 3
+    torch.testing.assert_close(table.lookup(torch.tensor([3, 5, 3, 7])), t64([-0.3, -0.5, -0.3, -0.7]))
+    assert table.lookup(torch.tensor([[5]]), dtype=torch.float32).dtype == torch.float32
+    with pytest.raises(ValueError, match="not in the table"):
+        table.lookup(torch.tensor([4]))          # inside the id range, never filled
+    with pytest.raises(ValueError, match="not in the table"):
+        table.lookup(torch.tensor([8]))          # beyond it
     with pytest.raises(ValueError, match="ids must be >= 0"):
-        cache.lookup(torch.tensor([-1]), compute_for(torch.tensor([-1])))
+        table.lookup(torch.tensor([-1]))
+    with pytest.raises(ValueError, match="ids must be >= 0"):
+        RefLogpTable().fill(torch.tensor([-1, 2]), t64([0.0, 1.0]))
+    with pytest.raises(ValueError, match="table size 2"):
+        RefLogpTable().fill(torch.tensor([0, 2]), t64([0.0, 1.0]), size=2)
+    table.clear()
+    with pytest.raises(RuntimeError, match="fill"):
+        table.lookup(torch.tensor([3]))

@@ -167,7 +167,8 @@ def test_npo_terms_equal_pure_function_and_cache_reference():
     for _ in range(3):
         outputs = task.step(model, batch, frozenset())
         terms = plugin.loss_terms(module, batch, outputs)
-    assert calls == [4]                          # one reference forward for the 4 examples, then cached
+    # the first step sends the whole forget set through the reference once (in task batches); then none
+    assert sum(calls) == len(task.forget_pool()) == N_FORGET and plugin.cache.forwarded == N_FORGET
     mask = task.answer_mask(batch)
     logp = sequence_logprob(outputs["logits"], outputs["labels"], mask)
     with torch.no_grad():
@@ -175,6 +176,25 @@ def test_npo_terms_equal_pure_function_and_cache_reference():
         ref = sequence_logprob(ref_out["logits"], ref_out["labels"], mask)
     torch.testing.assert_close(terms["npo"], npo_loss(logp, ref, 0.3), rtol=1e-6, atol=1e-6)
     assert terms["npo"].requires_grad
+
+
+def test_without_the_cache_each_step_recomputes_its_batch():
+    task, model = setup_task()
+    module = fake_module(task, model)
+    calls = []
+    module.reference_model.register_forward_hook(lambda m, a, k, o: calls.append(len(k["input_ids"])),
+                                                 with_kwargs=True)
+    cached, fresh = NPO(beta=0.3), NPO(beta=0.3, cache_reference=False)
+    for plugin in (cached, fresh):
+        plugin.start_phase(fake_run(task), 1, module)
+    batch = forget_batch(task, 3)
+    outputs = task.step(model, batch, frozenset())
+    a = cached.loss_terms(module, batch, outputs)["npo"]
+    calls.clear()
+    for _ in range(2):
+        b = fresh.loss_terms(module, batch, outputs)["npo"]
+    assert calls == [3, 3] and fresh.metrics()["npo/ref_forwards"] == 6 and fresh.metrics()["npo/ref_cached"] == 0
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)     # same values, batch as forwarded or as cached
 
 
 def test_npo_rt_terms_equal_pure_functions():

@@ -68,10 +68,13 @@ def seqvcr_terms(h: torch.Tensor, eps: float = 1e-3, mask: torch.Tensor | None =
     if eps <= 0:
         raise ValueError(f"seqvcr: eps must be > 0 (it keeps sqrt differentiable at zero variance), got {eps}")
     cov, valid = batch_covariance(h, mask)
-    n_valid = int(valid.sum())
-    if n_valid == 0:
-        raise ValueError("seqvcr: no position holds at least 2 unmasked sequences, so no covariance "
-                         "can be computed; check the mask or use a larger batch")
+    n_valid = valid.sum()
+    message = ("seqvcr: no position holds at least 2 unmasked sequences, so no covariance can be computed; "
+               "check the mask or use a larger batch")
+    try:   # checked on the device: no host sync per step (on a GPU a failure stops the kernel stream)
+        torch._assert_async(n_valid > 0, message)
+    except RuntimeError:
+        raise ValueError(message) from None
     diag = torch.diagonal(cov, dim1=-2, dim2=-1)                          # [T, D]
     var_per_t = torch.relu(1.0 - torch.sqrt(diag + eps)).sum(dim=-1)      # [T]
     cov_per_t = (cov ** 2).sum(dim=(-2, -1)) - (diag ** 2).sum(dim=-1)    # [T]
