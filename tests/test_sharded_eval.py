@@ -3,6 +3,7 @@ the held-out batches and their synthesis shards' counts and reduce them; two rea
 measure the same generation as one process does."""
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -14,7 +15,19 @@ SHARD_SIZE = 24          # 80 synthetic items: 4 synthesis shards over the ranks
 HELDOUT = 37             # held-out sequences, batches of 8: ranks get 18 and 19, cut mid-batch
 
 
-def _measure(rank: int, world: int, port: int, root: str, out) -> None:
+def _hf_lm_heldout_nll(corpus: str) -> float:
+    """hf-lm's held-out NLL of a tiny GPT-2 trained from scratch (byte tokenizer): 13 held-out blocks."""
+    from collapsekit.plugins.tasks.hf_lm import HFCausalLM
+
+    task = HFCausalLM(config={"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 64},
+                      data={"path": "json", "data_files": corpus}, block_size=16, max_blocks=40,
+                      max_heldout_blocks=13, eval_batch_size=4)
+    task.setup(0)
+    torch.manual_seed(0)
+    return task.heldout_nll(task.build_model())
+
+
+def _measure(rank: int, world: int, port: int, root: str, corpus: str, out) -> None:
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -38,25 +51,33 @@ def _measure(rank: int, world: int, port: int, root: str, out) -> None:
         if rank == 0:
             loop._store(run, 0, task.real_pool(), kept)
         barrier()
-        out.put((rank, list(shard(HELDOUT)), loop.measure(run, model, 0)))
+        metrics = loop.measure(run, model, 0)
+        metrics["hf-lm/heldout_nll"] = _hf_lm_heldout_nll(corpus)
+        out.put((rank, list(shard(HELDOUT)), metrics))
     finally:
         if world > 1:
             dist.destroy_process_group()
 
 
-def _spawn(world: int, root) -> dict[int, tuple[list[int], dict[str, float]]]:
+def _spawn(world: int, root, corpus) -> dict[int, tuple[list[int], dict[str, float]]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.get_context("spawn").Queue()
-    mp.start_processes(_measure, args=(world, port, str(root), out), nprocs=world, join=True, start_method="spawn")
+    mp.start_processes(_measure, args=(world, port, str(root), str(corpus), out), nprocs=world, join=True,
+                       start_method="spawn")
     results = [out.get(timeout=60) for _ in range(world)]
     return {rank: (rows, metrics) for rank, rows, metrics in results}
 
 
 def test_two_gloo_processes_measure_what_one_process_measures(tmp_path):
-    one = _spawn(1, tmp_path / "one")
-    two = _spawn(2, tmp_path / "two")
+    from collapsekit.plugins.tasks.bible_lm import book_text
+
+    corpus = tmp_path / "corpus.jsonl"
+    verses = book_text("Ruth").splitlines()
+    corpus.write_text("".join(json.dumps({"text": " ".join(verses[i:i + 4])}) + "\n" for i in range(0, 80, 4)))
+    one = _spawn(1, tmp_path / "one", corpus)
+    two = _spawn(2, tmp_path / "two", corpus)
     assert one[0][0] == list(range(HELDOUT))
     assert two[0][0] == list(range(18)) and two[1][0] == list(range(18, HELDOUT))   # really split
     single = one[0][1]
@@ -67,4 +88,4 @@ def test_two_gloo_processes_measure_what_one_process_measures(tmp_path):
             assert metrics[name] == pytest.approx(value, rel=1e-6, abs=1e-9), (rank, name)
     # editing fired on some positions but not all, so a share from one rank's shards alone would differ
     assert 0.0 < single["token_editing/share_above"] < 1.0
-    assert "heldout_nll" in single and "kl" in single
+    assert "heldout_nll" in single and "kl" in single and single["hf-lm/heldout_nll"] > 0
