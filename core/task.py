@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .capabilities import provided_by
 from .pool import Pool
@@ -52,6 +52,24 @@ class PoolDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(np.array(self.pool.arrays[k][i])) for k in self.keys}
+
+
+class _Batch(dict):
+    """A batch that :class:`PoolBatches` fetched whole (``collate_fn=collate_batch`` passes it on)."""
+
+
+class PoolBatches(PoolDataset):
+    """:class:`PoolDataset` that a ``DataLoader`` asks for a whole batch at once (torch's
+    ``__getitems__``): one indexed read per array instead of one per item and array, the same
+    tensors as collating the items. Use it with ``collate_fn=collate_batch``."""
+
+    def __getitems__(self, indices: list[int]) -> _Batch:
+        return _Batch({k: torch.as_tensor(np.array(self.pool.arrays[k][indices])) for k in self.keys})
+
+
+def collate_batch(data: Any) -> Any:
+    """``collate_fn`` for :class:`PoolBatches`: a whole fetched batch as it is, anything else as torch collates it."""
+    return dict(data) if isinstance(data, _Batch) else default_collate(data)
 
 
 class Task:
@@ -128,11 +146,12 @@ class Task:
             raise CollapsekitError(f"task {self.name!r}: the training pool is empty; nothing to train on")
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(
-            PoolDataset(pool),
+            PoolBatches(pool),
             batch_size=min(self.batch_size, len(pool)),
             shuffle=shuffle,
             generator=generator,
             drop_last=False,
+            collate_fn=collate_batch,
         )
 
     # -- model --------------------------------------------------------------

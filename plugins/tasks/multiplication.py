@@ -163,7 +163,8 @@ class Multiplication(CausalLMTask, PauseTokens):
         loader = super().dataloader(pool, shuffle, seed)
         if len(pool) > loader.batch_size:
             loader = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=shuffle,
-                                                 generator=loader.generator, drop_last=True)
+                                                 generator=loader.generator, drop_last=True,
+                                                 collate_fn=loader.collate_fn)
         return loader
 
     # -- training -------------------------------------------------------------------
