@@ -374,29 +374,35 @@ def test_cpu_preset_gives_cheap_tasks_enough_seeds_for_paired_statistics():
 
 
 def test_each_task_ranks_a_metric_by_its_own_direction():
-    """markov-text ranks distinct_1 (higher = closer to its high-entropy source); bible-lm does not rank it."""
+    """Two tasks may rank the same metric name differently; each table follows its own task."""
     from collapsekit.bench.report import direction, render_markdown
-    from collapsekit.bench.runner import plan
-    from collapsekit.plugins.tasks.bible_lm import BibleLM
-    from collapsekit.plugins.tasks.markov_text import MarkovText
 
-    assert MarkovText.higher_is_better["distinct_1"] is True and BibleLM.higher_is_better["distinct_1"] is None
-    _, info = plan("smoke", tasks=["markov-text", "bible-lm"], progress=False, require_installed=False)
-    results = {"meta": {"preset": "x", "tasks": info["tasks"]}, "metrics": {
-        k: {"higher_is_better": v} for k, v in info["directions"].items()}, "rows": [
-        {"task": t, "method": m, "seed": s, "generation": 0, "metric": "distinct_1", "value": v + s / 100}
-        for t in ("markov-text", "bible-lm") for s in range(5) for m, v in (("baseline", 0.5), ("up", 0.6))]}
-    assert direction(results, "markov-text", "distinct_1") is True
-    assert direction(results, "bible-lm", "distinct_1") is None
+    tasks = {"ranked": {"metrics": ["m"], "directions": {"m": True}},
+             "unranked": {"metrics": ["m"], "directions": {"m": None}}}
+    results = {"meta": {"preset": "x", "tasks": tasks}, "metrics": {"m": {"higher_is_better": True}}, "rows": [
+        {"task": t, "method": m, "seed": s, "generation": 0, "metric": "m", "value": v + s / 100}
+        for t in tasks for s in range(5) for m, v in (("baseline", 0.5), ("up", 0.6))]}
+    assert direction(results, "ranked", "m") is True and direction(results, "unranked", "m") is None
     md = render_markdown(results)
-    markov, bible = md.split("## markov-text")[1].split("## bible-lm")[0], md.split("## bible-lm")[1]
-    rows = {t: [x for x in part.splitlines() if x.startswith("| `up`")] for t, part in (("m", markov), ("b", bible))}
-    assert "`distinct_1` ↑" in markov and all("▲" in x for x in rows["m"])
-    assert "`distinct_1` |" in bible and all("▲" not in x and "≠" in x for x in rows["b"])  # different, not ranked
-    # results.json written before tasks recorded their directions: the task class decides
-    for entry in results["meta"]["tasks"].values():
-        del entry["directions"]
-    assert direction(results, "bible-lm", "distinct_1") is None
+    ranked, unranked = md.split("## ranked")[1].split("## unranked")[0], md.split("## unranked")[1]
+    rows = {t: [x for x in part.splitlines() if x.startswith("| `up`")] for t, part in (("r", ranked), ("u", unranked))}
+    assert "`m` ↑" in ranked and all("▲" in x for x in rows["r"])
+    assert "`m` |" in unranked and all("▲" not in x and "≠" in x for x in rows["u"])   # different, not ranked
+
+
+def test_text_tasks_do_not_rank_raw_diversity():
+    """distinct-n and unigram entropy have a right level set by the real text, not a better direction;
+    results.json written before tasks recorded their directions falls back to the task class."""
+    from collapsekit.bench.report import direction
+    from collapsekit.bench.runner import load_tasks
+
+    classes, _ = load_tasks(["markov-text", "bible-lm", "facts-unlearning", "hf-lm"])
+    for name, cls in classes.items():
+        for metric in ("distinct_1", "distinct_2"):
+            assert cls.higher_is_better[metric] is None, (name, metric)
+        results = {"meta": {"tasks": {name: {"class_path": f"{cls.__module__}.{cls.__qualname__}"}}},
+                   "metrics": {"distinct_1": {"higher_is_better": True}}}
+        assert direction(results, name, "distinct_1") is None and direction(results, name, "tail_coverage_2") is True
 
 
 def test_report_metrics_are_columns_even_without_a_direction():

@@ -26,12 +26,14 @@ class CausalLMTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
     pool_keys: ClassVar[tuple[str, ...]] = ("tokens",)
     #: the pool array that holds an item (what latent-space plugins encode)
     input_key: ClassVar[str] = "tokens"
-    higher_is_better: ClassVar[dict[str, bool]] = {
+    #: raw diversity (distinct-n, unigram entropy) is reported, not ranked: the real text sets its right
+    #: level, and a collapsing model can be above it (spread-out mass) as well as below (repetition)
+    higher_is_better: ClassVar[dict[str, bool | None]] = {
         "heldout_nll": False,
         "heldout_ppl": False,
-        "distinct_1": True,
-        "distinct_2": True,
-        "unigram_entropy": True,
+        "distinct_1": None,
+        "distinct_2": None,
+        "unigram_entropy": None,
         "tail_coverage_1": True,
         "tail_coverage_2": True,
         "effective_rank": True,
