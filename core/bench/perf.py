@@ -643,7 +643,7 @@ def generation_scaling(cfg: dict, root: Path) -> Section:
         params = sum(p.numel() for p in task.build_model().parameters())
         section.rows.append({"varied": what, "value": value, "parameters": params,
                              "pool (train = synthesized)": sizes["train_size"], "CPU s": spent.cpu,
-                             "wall s": spent.wall, "wall x smallest": spent.wall / first[what].wall})
+                             "wall s": spent.wall, "CPU x smallest": spent.cpu / first[what].cpu})
     section.notes += [f"one generation through `execute`: {cfg['scale_steps']} optimiser steps (fixed, so training "
                       "time depends on the model only), synthesis of as many sequences as the pool holds, "
                       f"filter, probes on {base['heldout_size']} held-out sequences, files; MarkovText {base} "
