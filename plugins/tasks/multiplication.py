@@ -275,9 +275,9 @@ class Multiplication(CausalLMTask, PauseTokens):
         "cpu": {"task": {"digits": 2, "train_size": 7000, "heldout_size": 500, "n_layer": 4, "n_embd": 128,
                          "n_head": 4, "batch_size": 128, "lr": 2e-3}, "trainer": {"max_steps": 1500},
                 "generations": 2, "seeds": [0, 1],
-                # ~600 CPU-s per cell on the 2-core reference machine: the cheap tasks' 5 seeds already fill
+                # ~425 CPU-s per cell on the 2-core reference machine: the cheap tasks' 5 seeds already fill
                 # the cpu suite's 45 minutes there (configs/bench/README.md), so it runs when named
-                "opt_in": "8 cells of ~10 CPU-minutes each"},
+                "opt_in": "8 cells of ~7 CPU-minutes each"},
         "gpu": {"task": {"digits": 4, "train_size": 80000, "heldout_size": 1000, "n_layer": 6, "n_embd": 384,
                          "n_head": 6, "batch_size": 256, "lr": 5e-4}, "trainer": {"max_steps": 20000},
                 "generations": 3},
