@@ -257,9 +257,9 @@ class GenerationalModule(TaskModule):
         """Hand the terms to Lightning's ``log`` only on the steps its loggers record (every
         ``trainer.log_every_n_steps`` optimizer steps), the first and the last: on a small model a
         ``log`` call per term and step costs a fifth of the step. The running means see every step."""
-        trainer = self.trainer
-        every = trainer.log_every_n_steps
-        if not every:
+        trainer = self._trainer_or_none()
+        every = trainer.log_every_n_steps if trainer is not None else 0
+        if not every:                   # no Trainer (a step run by hand) or logging switched off
             return False
         step = self.global_step
         return step == 0 or (step + 1) % every == 0 or (trainer.max_steps > 0 and step + 1 >= trainer.max_steps)
