@@ -488,9 +488,9 @@ def pool_growth(cfg: dict, root: Path) -> Section:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from ..registry import discover, normalize
+    from ..registry import normalize
 
-    names = {normalize(n): n for n, i in discover().items() if not i.error}
+    names = _installed_plugins()
     methods = [names.get(normalize(m)) for m in ("accumulate", "accumulate-subsample")]
     if None in methods:
         return Section(title, skipped=f"plugins accumulate and accumulate-subsample are needed; installed: "
@@ -591,12 +591,16 @@ def host_syncs(cfg: dict, root: Path) -> Section:
     from ..loop import execute
     from .runner import load_tasks, method_plugins
 
+    from ..registry import normalize
+
     section = Section("Host syncs per training step", "0")
+    installed = _installed_plugins()
     total, missing = 0, []
     tasks, _ = load_tasks(sorted({t for t, _ in SYNC_CASES}))
     for task_name, plugins in SYNC_CASES:
-        if not all(_installed_plugin(p) for p in plugins):
-            missing += [p for p in plugins if not _installed_plugin(p)]
+        absent = [p for p in plugins if normalize(p) not in installed]
+        if absent:
+            missing += absent
             continue
         spec = tasks[task_name].preset("smoke")
         init = spec.get("init", "scratch")     # unlearning: generation 0 learns, generation 1 unlearns
@@ -618,10 +622,11 @@ def host_syncs(cfg: dict, root: Path) -> Section:
     return section
 
 
-def _installed_plugin(name: str) -> bool:
+def _installed_plugins() -> dict[str, str]:
+    """``{normalized name: name}`` of the plugins that are installed and import."""
     from ..registry import discover, normalize
 
-    return any(normalize(n) == normalize(name) and not i.error for n, i in discover().items())
+    return {normalize(n): n for n, i in discover().items() if not i.error}
 
 
 # -- 9. scaling of one generation --------------------------------------------------------------------
