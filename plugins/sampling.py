@@ -1,9 +1,12 @@
 """Batched ancestral sampling for causal language models with a KV cache.
 
-Works with any ``transformers`` causal LM whose forward accepts ``cache=`` and
-``use_cache=True`` and returns ``.logits`` and ``.cache`` (transformers 5.x).
+Works with any ``transformers`` causal LM whose forward takes ``use_cache=True`` and a KV cache
+as ``cache=`` (returned as ``.cache``, transformers >= 5.20) or ``past_key_values=`` (returned as
+``.past_key_values``, earlier 5.x releases, which the vLLM CPU build pins).
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -33,6 +36,11 @@ def device_generator(generator: torch.Generator, device: torch.device) -> torch.
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name under which ``model``'s forward takes and returns its KV cache: ``cache`` or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def sample_tokens(
     model: torch.nn.Module,
@@ -57,6 +65,7 @@ def sample_tokens(
     model.eval()
     device = next(model.parameters()).device
     generator = device_generator(generator, device)
+    cache_name = cache_argument(model)
     out = []
     for start in range(0, len(prompts), batch_size):
         seq = prompts[start:start + batch_size].to(device)
@@ -64,8 +73,8 @@ def sample_tokens(
         step_input = seq
         pieces = [seq]
         for _ in range(new_tokens):
-            result = model(input_ids=step_input, cache=cache, use_cache=True)
-            cache = result.cache
+            result = model(input_ids=step_input, use_cache=True, **{cache_name: cache})
+            cache = getattr(result, cache_name)
             logits = result.logits[:, -1, :].float()
             if suppress:
                 logits[:, suppress] = float("-inf")
