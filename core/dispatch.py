@@ -162,6 +162,18 @@ class Hooks:
     def replaces_task_loss(self) -> bool:
         return any(getattr(o, "replaces_task_loss", False) for o in self.objects.values())
 
+    def oversample(self) -> float:
+        """The synthesis oversampling factor the active filters ask for: the largest ``oversample``
+        attribute (a number >= 1, default 1) of the plugins implementing ``filter_samples``."""
+        factor = 1.0
+        for name in self.implementers("filter_samples"):
+            value = getattr(self.objects.get(name), "oversample", 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1.0 <= value < float("inf"):
+                raise PluginError(f"plugin {self.plugin_label(name)}: oversample must be a finite number >= 1 "
+                                  f"(how many times the kept pool's size to synthesize), got {value!r}")
+            factor = max(factor, float(value))
+        return factor
+
     def call(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation; return ``(plugin name, result)`` for non-``None`` results."""
         results = []

@@ -99,6 +99,16 @@ def filter_samples(run, samples, generation):
     ``(keep, scores)`` tuple whose float ``scores`` are summarised in the
     metrics, or ``None`` for no opinion. All masks are AND-ed; the kept share
     per plugin is logged as ``filter/<plugin>/kept``.
+
+    A filter that keeps only part of what it sees may ask for more: a plugin
+    attribute ``oversample = f`` (a number >= 1) makes every generation
+    synthesize ``ceil(f * run.samples_per_generation)`` items (the largest
+    factor of the active filters applies; ``request.total`` says how many), and
+    the engine keeps at most ``run.samples_per_generation`` of the items that
+    pass every filter, the first ones in synthesis order -- so a filtering
+    method trains on a pool of the baseline's size. A filter that ranks keeps
+    its best ``run.samples_per_generation`` items itself. Logged:
+    ``synthetic/generated``, ``synthetic/passed`` (all filters), ``synthetic/kept``.
     """
 
 

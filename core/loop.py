@@ -7,6 +7,7 @@ seed derives from ``(run seed, generation, role)`` and every input is on disk.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable
 
@@ -40,6 +41,7 @@ def start(run: Run) -> None:
     if len(real) == 0:
         raise CollapsekitError(f"task {run.task.name!r} produced an empty real dataset; check its size settings")
     run.samples_per_generation = run.config.samples_per_generation or len(real)
+    run.synthesis_total = math.ceil(round(run.samples_per_generation * run.hooks.oversample(), 6))
     run.freeze()
 
 
@@ -118,11 +120,13 @@ synthetic pool does not depend on how many DDP ranks shared the work."""
 def synthesize_shards(run: Run, model: torch.nn.Module, generation: int) -> Pool:
     """Call ``synthesize`` once per shard; ranks take shards round-robin; all ranks get every item.
 
-    Shard ``s`` gets a :class:`~collapsekit.run.SynthesisRequest` of its size whose generator is
-    seeded by ``(seed, g, "synthesize/shard<s>")``; shards are joined in order.
+    A generation synthesizes ``run.synthesis_total`` items: ``run.samples_per_generation`` times the
+    active filters' oversampling factor. Shard ``s`` gets a :class:`~collapsekit.run.SynthesisRequest`
+    of its size whose generator is seeded by ``(seed, g, "synthesize/shard<s>")``; shards are joined in
+    order.
     """
     rank, size = world()
-    total = run.samples_per_generation
+    total = run.synthesis_total
     shards = [(s, min(SHARD_SIZE, total - s * SHARD_SIZE)) for s in range(-(-total // SHARD_SIZE))]
     mine: dict[int, dict[str, np.ndarray]] = {}
     for shard, n in shards[rank::size]:
@@ -145,7 +149,9 @@ def synthesize_shards(run: Run, model: torch.nn.Module, generation: int) -> Pool
 
 
 def filter_pool(run: Run, samples: Pool, generation: int) -> tuple[Pool, dict[str, float]]:
-    """Apply every ``filter_samples`` mask (AND); return the kept pool and the filter metrics."""
+    """Apply every ``filter_samples`` mask (AND), then keep at most ``run.samples_per_generation`` of the
+    items that passed (the first ones, in synthesis order: an oversampled generation is cut back to the
+    pool budget); return the kept pool and the filter metrics."""
     run.task.check_pool(samples)
     keep = np.ones(len(samples), dtype=bool)
     stats: dict[str, float] = {"synthetic/generated": float(len(samples))}
@@ -158,7 +164,9 @@ def filter_pool(run: Run, samples: Pool, generation: int) -> tuple[Pool, dict[st
         stats[f"filter/{plugin}/kept"] = float(mask.mean()) if len(mask) else 1.0
         if scores is not None and len(scores):
             stats[f"filter/{plugin}/score_mean"] = float(np.mean(scores))
-    kept = samples.select(np.flatnonzero(keep))
+    passed = np.flatnonzero(keep)
+    stats["synthetic/passed"] = float(len(passed))
+    kept = samples.select(passed[:run.samples_per_generation])
     stats["synthetic/kept"] = float(len(kept))
     return kept, stats
 

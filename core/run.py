@@ -154,7 +154,11 @@ class Run:
         self.requirements: frozenset[str] = frozenset()
         """Union of the active plugins' requirements (set when the run starts)."""
         self.samples_per_generation = config.samples_per_generation or 0
-        """Synthetic items per generation (set when the run starts: default the real pool's size)."""
+        """Synthetic items a generation adds to the pool history at most (set when the run starts: default
+        the real pool's size)."""
+        self.synthesis_total = self.samples_per_generation
+        """Items a generation synthesizes before filtering: ``samples_per_generation`` times the largest
+        ``oversample`` factor of the active filters, rounded up (set when the run starts)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if getattr(self, "_frozen", False):
@@ -186,7 +190,7 @@ class Run:
     def synthesis_request(self, generation: int, shard: int, start: int, size: int) -> SynthesisRequest:
         """The request of shard ``shard`` of ``generation``; its generator is seeded by
         ``(seed, generation, "synthesize/shard<shard>")``."""
-        return SynthesisRequest(shard, start, size, self.samples_per_generation,
+        return SynthesisRequest(shard, start, size, self.synthesis_total,
                                 torch_generator(self.seed, generation, f"synthesize/shard{shard}"))
 
     def rng(self, generation: int, role: str) -> np.random.Generator:

@@ -151,3 +151,61 @@ def test_a_plugin_listed_twice_is_refused():
     from collapsekit.errors import PluginConflict
     with pytest.raises(PluginConflict, match="listed twice"):
         build_manager(["ancestral", "Ancestral"])
+
+
+class HalfFilter:
+    """Keeps every other synthesized item and asks for twice the pool budget."""
+
+    oversample = 2
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def filter_samples(self, samples):
+        self.seen.append(len(samples))
+        keep = np.zeros(len(samples), dtype=bool)
+        keep[1::2] = True
+        return keep
+
+
+def test_an_oversampling_filter_keeps_the_pool_budget(tmp_path, tiny_task):
+    """A filter that keeps half of what it sees and oversamples 2x trains on a full-sized pool; what passes
+    beyond the budget is cut in synthesis order."""
+    half, quarter = HalfFilter(), HalfFilter()
+    quarter.oversample = 1.5                       # the largest factor of the active filters applies
+    with collapsekit.registered(half, name="half"), collapsekit.registered(quarter, name="quarter"):
+        run = Run(RunConfig(name="over", root=str(tmp_path), generations=1, samples_per_generation=7),
+                  tiny_task, build_manager([]))
+        [m] = execute(run, trainer_factory(max_steps=2, enable_progress_bar=False, logger=False))
+    assert half.seen == quarter.seen == [14]
+    assert (m["synthetic/generated"], m["synthetic/passed"], m["synthetic/kept"]) == (14, 7, 7)
+    assert Pool.load(tmp_path / "over" / "gen_0" / "pool").origin_index.tolist() == [1, 3, 5, 7, 9, 11, 13]
+
+
+def test_an_oversampled_pool_is_cut_back_to_the_budget(tmp_path, tiny_task):
+    class KeepAll:
+        oversample = 1.5
+
+        @hookimpl
+        def filter_samples(self, samples):
+            return np.ones(len(samples), dtype=bool)
+
+    with collapsekit.registered(KeepAll(), name="keep-all"):
+        run = Run(RunConfig(name="cut", root=str(tmp_path), generations=1, samples_per_generation=7),
+                  tiny_task, build_manager([]))
+        [m] = execute(run, trainer_factory(max_steps=2, enable_progress_bar=False, logger=False))
+    assert (m["synthetic/generated"], m["synthetic/passed"], m["synthetic/kept"]) == (11, 11, 7)   # ceil(10.5)
+    assert Pool.load(tmp_path / "cut" / "gen_0" / "pool").origin_index.tolist() == list(range(7))
+
+
+@pytest.mark.parametrize("factor", [0.5, "2", float("inf"), True])
+def test_a_bad_oversampling_factor_is_refused_naming_the_plugin(tmp_path, tiny_task, factor):
+    from collapsekit.errors import PluginError
+
+    bad = HalfFilter()
+    bad.oversample = factor
+    with collapsekit.registered(bad, name="bad-over"):
+        run = Run(RunConfig(name="bad", root=str(tmp_path), generations=1), tiny_task, build_manager([]))
+        with pytest.raises(PluginError, match="'bad-over'.*oversample must be a finite number >= 1"):
+            execute(run, trainer_factory(max_steps=2, enable_progress_bar=False, logger=False))
