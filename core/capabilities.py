@@ -14,6 +14,7 @@ task and the plugin. Plugins may also ask for a capability by name through the
 from __future__ import annotations
 
 import abc
+import dataclasses
 import difflib
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
@@ -74,6 +75,39 @@ class TokenSequences(LabelledLogits):
     @abc.abstractmethod
     def token_logits(self, model: torch.nn.Module, tokens: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Logits ``[N, T-1, V']`` of ``tokens [N, T]`` (no grad): ``[:, t]`` predicts ``tokens[:, t+1]``."""
+
+    def token_scores(self, model: torch.nn.Module, tokens: np.ndarray | torch.Tensor, k: int) -> TokenScores:
+        """:class:`TokenScores` of ``tokens [N, T]`` with the ``k`` most likely content ids per position.
+
+        Default: from :meth:`token_logits` (ids ``>= vocab_size`` masked out before the softmax). A task
+        whose model is served by another inference engine (e.g. vLLM's ``prompt_logprobs``) overrides it.
+        """
+        logits = self.token_logits(model, tokens).detach().cpu().float()
+        logits[..., self.vocab_size:] = float("-inf")
+        return TokenScores.from_logits(torch.as_tensor(np.asarray(tokens))[:, 1:], logits, k)
+
+
+@dataclasses.dataclass
+class TokenScores:
+    """Next-token scores of token rows, over the content ids ``0 .. vocab_size - 1`` (float64).
+
+    For rows ``tokens [N, T]``: ``logp [N, T-1]`` is the log-probability of ``tokens[:, t+1]`` given
+    ``tokens[:, :t+1]``; ``ids [N, T-1, k]`` are the ``k`` most likely content ids at each position in
+    descending probability and ``top_logp [N, T-1, k]`` their log-probabilities. Probabilities are
+    renormalised over the content ids.
+    """
+
+    logp: torch.Tensor
+    ids: torch.Tensor
+    top_logp: torch.Tensor
+
+    @classmethod
+    def from_logits(cls, targets: torch.Tensor, logits: torch.Tensor, k: int) -> "TokenScores":
+        """Scores of ``targets [N, T]`` under ``logits [N, T, V]`` (``logits[:, t]`` predicts ``targets[:, t]``;
+        ids to leave out already at ``-inf``)."""
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+        return cls(logp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1), top.indices, top.values)
 
 
 class HiddenStates(Capability):

@@ -82,6 +82,7 @@ from collapsekit.fileio import atomic_write_bytes
 from collapsekit.metrics import MeanNLL
 from collapsekit.plugins.probes import distinct_n, effective_rank, repetition, tail_coverage
 from collapsekit.plugins.sampling import sample_tokens
+from collapsekit.plugins.vllm_backend import VLLMBackend
 from collapsekit.plugins.tasks.hf_data import (byte_tokenizer, carve, column, load_hf, load_records, pack_blocks,
                                               quiet_transformers)
 from collapsekit.pool import REAL, Pool
@@ -127,6 +128,11 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         generation: sampling settings (see the module docstring).
         forget, retain: ``load_dataset`` arguments of question/answer records to unlearn / keep.
         question_key, answer_key: their columns.
+        backend: ``hf`` (collapsekit's KV-cache sampler / ``model.generate``, the model's forward for scoring)
+            or ``vllm`` (a vLLM engine over the generation's saved model, see
+            :mod:`collapsekit.plugins.vllm_backend`).
+        vllm: ``vllm.LLM`` arguments with ``backend: vllm`` (``gpu_memory_utilization``, ``tensor_parallel_size``,
+            ``dtype``, ``max_model_len``, ``enforce_eager``, ...).
     """
 
     name: ClassVar[str] = "hf-lm"
@@ -191,6 +197,8 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         retain: dict[str, Any] | None = None,
         question_key: str = "question",
         answer_key: str = "answer",
+        backend: Literal["hf", "vllm"] = "hf",
+        vllm: dict[str, Any] | None = None,
     ) -> None:
         if (model is None) == (config is None):
             raise ConfigError("hf-lm: give exactly one of model (a pretrained model: Hub id or local directory) "
@@ -225,6 +233,7 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
             self.pool_keys = ("example_id", "tokens")
         self.train_tokens: np.ndarray | None = None
         self.heldout_tokens: np.ndarray | None = None
+        self.inference = self._inference(backend, vllm)
 
     # -- settings ---------------------------------------------------------------------
     @staticmethod
@@ -255,6 +264,22 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
             raise ConfigError(f"hf-lm: unknown generation setting(s) {unknown}; known: "
                               f"{', '.join(SAMPLER_KEYS + GENERATE_KEYS)}")
         return generation
+
+    def _inference(self, backend: str, vllm: dict[str, Any] | None) -> VLLMBackend | None:
+        """The vLLM backend (``backend: vllm``), or None for the built-in path; one error line for settings
+        vLLM cannot honour."""
+        if backend not in ("hf", "vllm"):
+            raise ConfigError(f"hf-lm: backend must be 'hf' or 'vllm', got {backend!r}")
+        if backend == "hf":
+            if vllm is not None:
+                raise ConfigError("hf-lm: vllm settings are given but backend is 'hf'; set backend: vllm or drop vllm")
+            return None
+        beams = self.generation.get("num_beams", 1) != 1
+        if beams or self.generation.get("no_repeat_ngram_size"):
+            setting = "num_beams" if beams else "no_repeat_ngram_size"
+            raise ConfigError(f"hf-lm: backend vllm cannot honour generation.{setting} (vLLM's sampling has no "
+                              f"{'beam search' if beams else 'n-gram blocking'}); drop it or use backend: hf")
+        return VLLMBackend(vllm, self.dtype, what="hf-lm")
 
     def _load_architecture(self, model: str | None, config: str | dict | None, tokenizer: str | None) -> None:
         """Resolve the model config and tokenizer (local files only) and the token ids the task uses."""
@@ -459,6 +484,7 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         """Pretrained weights freshly loaded (``model``), or a fresh init of ``config`` (seeded by the engine)."""
         from transformers import AutoModelForCausalLM
 
+        self.release_inference()
         quiet_transformers()
         if self.model_name is not None:
             model = load_hf(AutoModelForCausalLM.from_pretrained, self.model_name, "model", dtype=self.dtype)
@@ -487,16 +513,23 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         target = directory / "model"
         if target.exists():
             shutil.rmtree(target)
+        self._save_pretrained(model, target)
+        if self.inference is not None:
+            self.inference.remember(model, target)
+        return sorted(p.relative_to(directory).as_posix() for p in target.rglob("*") if p.is_file())
+
+    def _save_pretrained(self, model: torch.nn.Module, target: Path) -> None:
+        """``save_pretrained`` of ``model`` (LoRA merged) and the tokenizer into ``target``."""
         quiet_transformers()
         plain = copy.deepcopy(model).merge_and_unload() if self.lora is not None else model
         plain.save_pretrained(target)
         self.tokenizer.save_pretrained(target)
-        return sorted(p.relative_to(directory).as_posix() for p in target.rglob("*") if p.is_file())
 
     def load_model(self, directory: Path) -> torch.nn.Module:
         """The model saved by :meth:`save_model` (merged weights; fresh LoRA adapters when ``lora`` is set)."""
         from transformers import AutoModelForCausalLM
 
+        self.release_inference()
         path = Path(directory) / "model"
         return self._prepare(load_hf(AutoModelForCausalLM.from_pretrained, str(path), "model", dtype=self.dtype))
 
@@ -551,7 +584,9 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         new = self.width - prompts.shape[1]
         plain = settings.get("num_beams", 1) == 1 and settings.get("repetition_penalty", 1.0) == 1.0 \
             and not settings.get("no_repeat_ngram_size")
-        if plain:
+        if self.inference is not None:
+            tokens = torch.as_tensor(self._vllm_sample(model, prompts, new, generator, settings))
+        elif plain:
             tokens = sample_tokens(model, prompts, new, generator, temperature=settings.get("temperature", 1.0),
                                    top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
                                    batch_size=self.eval_batch_size, suppress=self.suppress)
@@ -561,6 +596,34 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         if self.forget_spec is not None:
             out["example_id"] = np.full(n, -1, dtype=np.int64)
         return out
+
+    def _vllm_sample(self, model, prompts: torch.Tensor, new: int, generator: torch.Generator,
+                     settings: dict[str, Any]) -> np.ndarray:
+        """The rows sampled by the vLLM engine of ``model``: one request per prompt, seeded with one draw per item
+        from ``generator`` (so items differ, and the same generator gives the same rows)."""
+        seeds = torch.randint(2 ** 63 - 1, (len(prompts),), generator=generator).tolist()
+        allowed = sorted(set(range(self.logits_size)) - set(self.suppress))
+        return self._engine(model).generate(
+            prompts.tolist(), new, seeds, allowed, temperature=settings.get("temperature", 1.0),
+            top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
+            repetition_penalty=settings.get("repetition_penalty", 1.0))
+
+    def _engine(self, model: torch.nn.Module):
+        """The vLLM engine serving ``model`` (its saved ``gen_<k>/model/``, or a temporary copy)."""
+        width = self.width + 1                          # scoring a full row asks for one token more
+        context = min(width, self.context) if self.context else width
+        return self.inference.engine_for(model, lambda d: self._save_pretrained(model, d), max_model_len=context)
+
+    def release_inference(self) -> None:
+        """Shut down the inference engine, if any (before measuring and before the next model trains)."""
+        if self.inference is not None:
+            self.inference.release()
+
+    def token_scores(self, model, tokens, k):
+        """Scores of ``tokens`` over the content ids: from the model's logits, or vLLM's ``prompt_logprobs``."""
+        if self.inference is None:
+            return super().token_scores(model, tokens, k)
+        return self._engine(model).score(np.asarray(tokens), k, self.vocab_size, self.logits_size)
 
     def _prompt_rows(self, n: int, generator: torch.Generator) -> np.ndarray:
         """[n, 1 + prompt_tokens]: BOS, or BOS + the first ``prompt_tokens`` of real rows (picked by a permutation
@@ -631,6 +694,7 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         return float(nll[mask].mean()), float(acc[mask].mean())
 
     def evaluate(self, model, samples):
+        self.release_inference()
         nll = self.heldout_nll(model)
         metrics = {"heldout_nll": nll, "heldout_ppl": float(math.exp(min(nll, 700.0))),
                    "heldout_bpb": nll * (self.heldout_tokens.shape[1] - 1) * len(self.heldout_tokens)

@@ -29,7 +29,8 @@ import math
 
 import torch
 
-__all__ = ["token_probabilities", "candidate_weights", "edit_positions", "edit_tokens", "edit_statistics"]
+__all__ = ["token_probabilities", "candidate_weights", "edit_positions", "edit_tokens", "edit_statistics",
+           "scores_of", "edit_scored", "scored_statistics"]
 
 
 def _check_inputs(tokens: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -58,8 +59,11 @@ def _check_settings(threshold: float, drop_below: float | None) -> None:
 def token_probabilities(tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """``p[n, t]``: the prior's probability (float64) of the token actually present, [N, T]."""
     _check_inputs(tokens, logits, None)
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1).exp()
+    return _token_logp(tokens, logits).exp()
+
+
+def _token_logp(tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.double(), dim=-1).gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
 
 
 def candidate_weights(logits: torch.Tensor, top_k: int = 8, temperature: float = 1.0
@@ -102,22 +106,64 @@ def edit_tokens(tokens: torch.Tensor, logits: torch.Tensor, threshold: float = 0
     taken in row-major order, exactly one call ``torch.rand(M, dtype=float64,
     generator=generator)`` is made and position ``i`` takes the first candidate
     whose normalised cumulative weight exceeds ``u[i]`` (inverse CDF). No call is
-    made when nothing is flagged. The input is not modified.
+    made when nothing is flagged. The input is not modified. Equal to :func:`edit_scored`
+    on the scores of ``logits`` (:func:`scores_of`).
     """
-    flagged = edit_positions(tokens, logits, threshold, drop_below, mask)
+    _check_inputs(tokens, logits, mask)
+    _check_settings(threshold, drop_below)
+    logp, ids, top_logp = scores_of(tokens, logits, top_k)
+    return edit_scored(tokens, logp, ids, top_logp, threshold, generator, temperature, drop_below, mask)
+
+
+def scores_of(tokens: torch.Tensor, logits: torch.Tensor, top_k: int = 8
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logp [N, T], ids [N, T, k], top_logp [N, T, k])``: the log-probability (float64) of each token,
+    and the ``k = min(top_k, V)`` most probable ids at each position with their log-probabilities."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    top = torch.topk(logp, min(top_k, logp.shape[-1]), dim=-1)
+    return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1), top.indices, top.values
+
+
+def edit_scored(tokens: torch.Tensor, logp: torch.Tensor, ids: torch.Tensor, top_logp: torch.Tensor,
+                threshold: float = 0.99, generator: torch.Generator | None = None, temperature: float = 1.0,
+                drop_below: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`edit_tokens` from scores instead of logits: ``logp [N, T]`` the log-probability of each token,
+    ``ids [N, T, k]`` the prior's ``k`` most probable ids at each position (descending) and ``top_logp
+    [N, T, k]`` theirs (e.g. from vLLM's ``prompt_logprobs``). The same rule and the same draws."""
+    _check_settings(threshold, drop_below)
+    if logp.shape != tokens.shape or ids.shape[:2] != tokens.shape or top_logp.shape != ids.shape:
+        raise ValueError(f"scores must be logp [N, T] and ids / top_logp [N, T, k] with [N, T] = tokens' shape "
+                         f"{tuple(tokens.shape)}, got {tuple(logp.shape)}, {tuple(ids.shape)}, {tuple(top_logp.shape)}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    flagged = _flagged(logp.double().exp(), threshold, drop_below, mask)
     out = tokens.clone()
     where = flagged.nonzero(as_tuple=True)
     count = int(flagged.sum())
-    ids, weights = candidate_weights(logits[where], top_k, temperature)   # validates top_k/temperature too
     if count == 0:
         return out
+    weights = torch.softmax(top_logp[where].double() / temperature, dim=-1)
     cdf = weights.cumsum(-1)
     cdf = cdf / cdf[:, -1:]
     device = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(count, dtype=torch.float64, generator=generator, device=device).to(cdf.device)
     choice = (cdf <= u[:, None]).sum(-1).clamp_max(cdf.shape[-1] - 1)
-    out[where] = ids.gather(-1, choice[:, None]).squeeze(-1).to(out.dtype)
+    out[where] = ids[where].gather(-1, choice[:, None]).squeeze(-1).to(out.dtype)
     return out
+
+
+def _flagged(p: torch.Tensor, threshold: float, drop_below: float | None, mask: torch.Tensor | None) -> torch.Tensor:
+    flagged = p > threshold
+    if drop_below is not None:
+        flagged |= p < drop_below
+    if mask is not None:
+        if mask.shape != p.shape or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor of shape {tuple(p.shape)}, got {mask.dtype} "
+                             f"{tuple(mask.shape)}")
+        flagged &= mask.to(flagged.device)
+    return flagged
 
 
 def edit_statistics(tokens: torch.Tensor, edited: torch.Tensor, logits: torch.Tensor, threshold: float = 0.99,
@@ -131,14 +177,19 @@ def edit_statistics(tokens: torch.Tensor, edited: torch.Tensor, logits: torch.Te
     0.0 when there is no editable position.
     """
     _check_settings(threshold, drop_below)
-    if edited.shape != tokens.shape:
-        raise ValueError(f"edited must have the tokens' shape {tuple(tokens.shape)}, got {tuple(edited.shape)}")
-    p = token_probabilities(tokens, logits)
-    if mask is None:
-        mask = torch.ones_like(p, dtype=torch.bool)
-    else:
-        _check_inputs(tokens, logits, mask)
-        mask = mask.to(p.device)
+    _check_inputs(tokens, logits, mask)
+    return scored_statistics(tokens, edited, _token_logp(tokens, logits), threshold, drop_below, mask)
+
+
+def scored_statistics(tokens: torch.Tensor, edited: torch.Tensor, logp: torch.Tensor, threshold: float = 0.99,
+                      drop_below: float | None = None, mask: torch.Tensor | None = None) -> dict[str, float]:
+    """:func:`edit_statistics` from the tokens' log-probabilities ``logp [N, T]`` (see :func:`edit_scored`)."""
+    _check_settings(threshold, drop_below)
+    if edited.shape != tokens.shape or logp.shape != tokens.shape:
+        raise ValueError(f"edited and logp must have the tokens' shape {tuple(tokens.shape)}, "
+                         f"got {tuple(edited.shape)} and {tuple(logp.shape)}")
+    p = logp.double().exp()
+    mask = torch.ones_like(p, dtype=torch.bool) if mask is None else mask.to(p.device)
     positions = int(mask.sum())
     denom = max(positions, 1)
     stats = {

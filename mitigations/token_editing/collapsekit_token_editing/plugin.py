@@ -17,7 +17,7 @@ from collapsekit import capabilities as caps
 from collapsekit import hookimpl
 from collapsekit.distributed import all_sum
 
-from .functional import edit_statistics, edit_tokens
+from .functional import edit_scored, scored_statistics
 
 PREFIX = "token_editing/"
 COUNTS = ("positions", "share_above", "share_changed", "share_below")
@@ -107,12 +107,13 @@ class TokenEditing:
         counts = self.counts.setdefault(generation, dict.fromkeys(COUNTS, 0.0))
         for start in range(0, len(tokens), batch):
             chunk = torch.as_tensor(tokens[start:start + batch])
-            logits = task.token_logits(model, chunk).detach().cpu().float()   # [:, t] predicts chunk[:, t+1]
-            logits[..., task.vocab_size:] = float("-inf")                     # never propose BOS / specials
+            # scores of chunk[:, 1:] over the content ids (never BOS / specials): from the model's logits, or
+            # from the task's inference engine (vLLM's prompt_logprobs)
+            scores = task.token_scores(model, chunk, self.top_k)
             content = chunk[:, 1:]
-            edited = edit_tokens(content, logits, self.threshold, self.top_k, generator,
+            edited = edit_scored(content, scores.logp, scores.ids, scores.top_logp, self.threshold, generator,
                                  temperature=self.temperature, drop_below=self.drop_below)
-            stats = edit_statistics(content, edited, logits, self.threshold, self.drop_below)
+            stats = scored_statistics(content, edited, scores.logp, self.threshold, self.drop_below)
             for key in COUNTS[1:]:
                 counts[key] += stats.get(key, 0.0) * stats["positions"]
             counts["positions"] += stats["positions"]
