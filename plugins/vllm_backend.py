@@ -228,11 +228,12 @@ class Engine:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def _cleanup(self) -> None:
-        if self.in_process:
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        if self.in_process:                 # the process group and model-parallel state of vLLM's worker
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
-            with self._state():
-                cleanup_dist_env_and_memory()
+            gc.unfreeze()                   # vLLM freezes the objects alive after start-up
+            destroy_model_parallel()
+            destroy_distributed_environment()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

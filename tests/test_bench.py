@@ -211,6 +211,19 @@ def test_method_variants_are_their_plugin_with_other_init_args():
         method_plugins("bad", None, {"bad": {"init_args": {}}})
 
 
+def test_a_variant_of_task_settings_adds_no_plugin_and_changes_the_cell_task_args():
+    from collapsekit.bench.runner import method_task_args
+
+    variants = {"vllm": {"task_args": {"backend": "vllm"}}}
+    assert method_plugins("accumulate+vllm", None, variants) == ["accumulate"]
+    assert method_task_args("accumulate+vllm", variants) == {"backend": "vllm"} and method_task_args("a") == {}
+    cells, _ = plan("gpu-quick", tasks=["hf-lm"], progress=False)
+    by_method = {c["method"]: c for c in cells}
+    assert by_method["vllm"]["plugins"] == [] and by_method["vllm"]["task_args"]["backend"] == "vllm"
+    assert {k: v for k, v in by_method["vllm"]["task_args"].items() if k != "backend"} == \
+        by_method["baseline"]["task_args"] and "backend" not in by_method["baseline"]["task_args"]
+
+
 def test_digits_diffusion_runs_lsf_beside_its_random_filter_control():
     cells, info = plan("cpu", tasks=["digits-diffusion"], seeds=[0], progress=False)
     by_method = {c["method"]: c["plugins"] for c in cells}
@@ -322,10 +335,11 @@ def test_gpu_quick_is_the_gpu_preset_cut_to_minutes():
     generations and a twentieth of the gpu step budget (20 to 400 steps)."""
     quick, _ = plan("gpu-quick", progress=False)
     full = {(c["task"], c["method"]): c for c in plan("gpu", progress=False)[0] if c["seed"] == 0}
-    assert {c["task"] for c in quick} == {t for t, _ in full} and len(quick) == len(full)
+    extra = {("hf-lm", "vllm")}                     # the baseline on the vLLM backend: a gpu-quick cell only
+    assert {c["task"] for c in quick} == {t for t, _ in full} and len(quick) == len(full) + len(extra)
     for cell in quick:
-        gpu = full[(cell["task"], cell["method"])]
-        assert cell["seed"] == 0 and cell["task_args"] == gpu["task_args"]
+        gpu = full[(cell["task"], "baseline" if (cell["task"], cell["method"]) in extra else cell["method"])]
+        assert cell["seed"] == 0 and {k: v for k, v in cell["task_args"].items() if k != "backend"} == gpu["task_args"]
         assert cell["trainer"]["precision"] == "bf16-mixed" and cell["trainer"]["accelerator"] == "auto"
         assert cell["generations"] == min(gpu["generations"], 2)
         steps, full_steps = cell["trainer"]["max_steps"], gpu["trainer"]["max_steps"]

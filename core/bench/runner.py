@@ -9,12 +9,14 @@ a classmethod ``preset(name) -> dict`` of shape::
      "seeds": [0, 1], "methods": [...], "init": "scratch", "samples_per_generation": N,
      "opt_in": "why, e.g. its cost",   # left out unless named in ``tasks``
      "plugin_args": {"token-editing": {"threshold": 0.99}},
-     "variants": {"latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}}}}
+     "variants": {"latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}},
+                  "vllm": {"task_args": {"backend": "vllm"}}}}
 
 Every method of a task gets the same preset (same budget). A method is a plugin
 short name or several joined by ``+``; a part may also be a *variant* the preset declares (another
 name for a plugin with other init_args, e.g. a control such as a random filter; its init_args are
-merged over the plugin's ``plugin_args``, so the rest of its settings stay the same). Each cell is an
+merged over the plugin's ``plugin_args``, so the rest of its settings stay the same), or a variant of
+the task's settings (``task_args`` merged over the preset's, no plugin: e.g. another inference backend). Each cell is an
 ordinary run directory ``OUT/runs/<preset>/<task>/<method>-s<seed>/`` (its ``config.yaml`` re-runs it
 with ``collapsekit run --config``), so a re-run skips finished generations and
 cells. Results: ``OUT/results.json`` (long format, documented in ``configs/bench/README.md``),
@@ -86,17 +88,31 @@ def method_parts(method: str) -> list[str]:
     return parts
 
 
-def _variant_plugin(part: str, variants: Mapping[str, Mapping] | None) -> str:
-    """The plugin name behind ``part``: a variant's ``plugin``, else ``part`` itself."""
+def _variant_plugin(part: str, variants: Mapping[str, Mapping] | None) -> str | None:
+    """The plugin name behind ``part``: a variant's ``plugin`` (None for a variant of task settings only),
+    else ``part`` itself."""
     from ..registry import normalize
 
     found = {normalize(k): v for k, v in (variants or {}).items()}
     entry = found.get(normalize(part))
     if entry is None:
         return part
-    if not isinstance(entry, Mapping) or not isinstance(entry.get("plugin"), str):
-        raise ConfigError(f"variant {part!r} must be {{'plugin': <plugin name>, 'init_args': {{...}}}}, got {entry!r}")
-    return entry["plugin"]
+    if not isinstance(entry, Mapping) or not (isinstance(entry.get("plugin"), str)
+                                              or (entry.get("plugin") is None and "task_args" in entry)):
+        raise ConfigError(f"variant {part!r} must be {{'plugin': <plugin name>, 'init_args': {{...}}}} and/or "
+                          f"{{'task_args': {{...}}}}, got {entry!r}")
+    return entry.get("plugin")
+
+
+def method_task_args(method: str, variants: Mapping[str, Mapping] | None = None) -> dict:
+    """The task settings the variants among ``method``'s parts change (their ``task_args``, merged in order)."""
+    from ..registry import normalize
+
+    found = {normalize(k): v for k, v in (variants or {}).items()}
+    out: dict = {}
+    for part in method_parts(method):
+        out.update((found.get(normalize(part)) or {}).get("task_args") or {})
+    return out
 
 
 def check_method(method: str, available: Mapping[str, Any], known_methods: Iterable[str] = (),
@@ -110,6 +126,8 @@ def check_method(method: str, available: Mapping[str, Any], known_methods: Itera
     from ..registry import normalize, resolve
 
     for part in [_variant_plugin(p, variants) for p in method_parts(method)]:
+        if part is None:                     # a variant of task settings: no plugin to check
+            continue
         if normalize(part) not in {normalize(k) for k in available}:
             candidates = sorted(c for c in set(available) | {BASELINE} | set(known_methods)
                                 if normalize(c) != normalize(part))
@@ -137,6 +155,8 @@ def method_plugins(method: str, plugin_args: Mapping[str, Mapping] | None = None
     out: list[Any] = []
     for part in method_parts(method):
         plugin = _variant_plugin(part, variants)
+        if plugin is None:                   # a variant of task settings only (see method_task_args)
+            continue
         init = {**args.get(normalize(plugin), {}), **dict((found.get(normalize(part)) or {}).get("init_args") or {})}
         out.append({"class_path": plugin, "init_args": init} if init else plugin)
     return out
@@ -224,8 +244,8 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
                 try:
                     check_method(m, available, known, spec.get("variants"))
                 except PluginNotFound:
-                    missing = [p for p in method_parts(m)
-                               if normalize(_variant_plugin(p, spec.get("variants"))) not in installed]
+                    missing = [p for p in method_parts(m) if _variant_plugin(p, spec.get("variants")) is not None
+                               and normalize(_variant_plugin(p, spec.get("variants"))) not in installed]
                     reason = f"plugin {', '.join(missing)} not installed"
                     skipped.append({"task": name, "method": m, "reason": reason})
                     _note(progress, f"{name}: method {m!r} skipped ({reason})")
@@ -249,7 +269,8 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
             for s in task_seeds:
                 cells.append({
                     "task": name, "method": m, "seed": s,
-                    "class_path": meta_tasks[name]["class_path"], "task_args": dict(spec["task"]),
+                    "class_path": meta_tasks[name]["class_path"],
+                    "task_args": {**spec["task"], **method_task_args(m, spec.get("variants"))},
                     "trainer": trainer, "generations": int(spec["generations"]),
                     "init": spec.get("init", "scratch"),
                     "samples_per_generation": spec.get("samples_per_generation"),

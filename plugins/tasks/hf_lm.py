@@ -86,7 +86,7 @@ from collapsekit.plugins.vllm_backend import VLLMBackend
 from collapsekit.plugins.tasks.hf_data import (byte_tokenizer, carve, column, load_hf, load_records, pack_blocks,
                                               quiet_transformers)
 from collapsekit.pool import REAL, Pool
-from collapsekit.task import Task
+from collapsekit.task import QUICK, Task
 
 SAMPLER_KEYS = ("temperature", "top_k", "top_p")
 GENERATE_KEYS = ("num_beams", "repetition_penalty", "no_repeat_ngram_size")
@@ -170,6 +170,16 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
     }
     """Run settings per bench preset: ``smoke`` (tests, seconds), ``cpu`` (a 2-layer d=64 byte-level GPT-2
     on the offline KJV text) and ``gpu`` (GPT-2-small-sized from scratch on 256-byte blocks)."""
+
+    @classmethod
+    def preset(cls, name: str) -> dict:
+        """:attr:`presets`; ``gpu-quick`` (the ``gpu`` slice) adds the method ``vllm``: the baseline with
+        ``backend: vllm``, so one GPU run compares a generation's time on both inference backends."""
+        spec = super().preset(name)
+        if name == QUICK:
+            spec["methods"] = [*cls.bench_methods, "vllm"]
+            spec["variants"] = {"vllm": {"task_args": {"backend": "vllm"}}}
+        return spec
 
     def __init__(
         self,
