@@ -6,7 +6,8 @@ the backend starts one engine per model, over the model's ``save_pretrained`` di
 
 * **Which directory.** The task reports every ``save_model`` with :meth:`VLLMBackend.remember`;
   the engine loads the generation's own ``gen_<k>/model/``. A model this process did not save
-  (a DDP rank other than 0, a direct call) is saved into a temporary directory first.
+  (a DDP rank other than 0, a direct call) is written into a temporary directory first
+  (:func:`save_for_engine`), removed when the engine is released.
 * **Determinism.** Every request carries its own seed (one ``SamplingParams.seed`` per item, drawn
   by the caller from the shard's generator): one seed shared by all requests would give identical
   samples; per-item seeds keep the pool reproducible and independent of the number of ranks.
@@ -141,6 +142,27 @@ def process_state_kept() -> Iterator[None]:
         for key in set(os.environ) - set(environ):
             del os.environ[key]
         os.environ.update(environ)
+
+
+def save_for_engine(model: torch.nn.Module, tokenizer: Any, directory: Path) -> None:
+    """Write ``model`` (a plain ``transformers`` model) and ``tokenizer`` into ``directory`` as vLLM loads them:
+    config, generation config, ``model.safetensors`` and the tokenizer files. Unlike ``save_pretrained``, which
+    writes only on rank 0 of a process group, it writes in every process; weights that share storage (tied
+    embeddings) are stored under each of their names."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    model.config.save_pretrained(directory)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+    tensors, seen = {}, set()
+    for name, value in model.state_dict().items():
+        value = value.detach().to("cpu")
+        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        tensors[name] = value.clone().contiguous() if key in seen else value.contiguous()
+        seen.add(key)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(directory)
 
 
 class Engine:

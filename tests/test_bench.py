@@ -295,9 +295,10 @@ def test_perf_smoke_writes_every_section(tmp_path):
     text = (tmp_path / "PERF.md").read_text()
     for title in ("Engine overhead", "Plugin dispatch", "Synthesis throughput (GPT-2)", "Synthesis throughput (Llama)",
                   "NPO", "Token editing", "Time and memory per generation", "Engine overhead: one generation's "
-                  "training, 6 steps", "Host syncs per training step", "Scaling: time of one generation"):
+                  "training, 6 steps", "Host syncs per training step", "Scaling: time of one generation",
+                  "Synthesis throughput on vLLM (Llama)"):
         assert f"## {title}" in text, title
-    assert len(result["sections"]) == 10
+    assert len(result["sections"]) == 11
     syncs = next(s for s in result["sections"] if s["title"] == "Host syncs per training step")
     assert syncs["passed"] and [r["host syncs"] for r in syncs["rows"]] == [0] * len(syncs["rows"])
     assert [r["plugins"] for r in syncs["rows"]] == ["(none)", "vicreg", "maxsup", "label-smoothing",

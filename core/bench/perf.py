@@ -15,7 +15,9 @@ Sections (each a ratio with a target; numbers are measured, never assumed):
    fixed costs (Trainer, model, pool) are amortised;
 8. host syncs per training step: tensor methods that wait for the device (:data:`SYNC_METHODS`)
    called inside training steps (target 0);
-9. wall and CPU time of one whole generation at 3 pool sizes and 3 model sizes (measured).
+9. wall and CPU time of one whole generation at 3 pool sizes and 3 model sizes (measured);
+10. synthesis on vLLM (when installed): tokens/s of a vLLM engine vs the built-in sampler vs
+    ``generate`` on one Llama, same prompts and batch, and the engine's start-up time (measured).
 
 Timings alternate the two sides and compare each side's fastest repeat in process
 CPU seconds, which other jobs on a shared machine disturb far less than wall time
@@ -46,7 +48,8 @@ FULL = {"task": {"vocab_size": 64, "seq_len": 64, "train_size": 2000, "heldout_s
                         "n_layer": 1, "n_embd": 16, "n_head": 2, "batch_size": 64},
         "growth_steps": 20, "isolate": True, "npo_steps": 100,
         "dispatch_n": 500, "long_steps": 2000, "long_repeats": 2, "sync_steps": 50,
-        "scale_steps": 200, "scale_pools": (500, 2000, 8000), "scale_widths": (32, 64, 128)}
+        "scale_steps": 200, "scale_pools": (500, 2000, 8000), "scale_widths": (32, 64, 128),
+        "vllm": {"layers": 4, "width": 256, "heads": 4, "n": 512, "new": 64, "batch": 256}}
 SMOKE = {"task": {"vocab_size": 16, "seq_len": 16, "train_size": 64, "heldout_size": 32, "n_layer": 1,
                   "n_embd": 16, "n_head": 2, "batch_size": 16},
          "steps": 4, "repeats": 1, "sample_n": 16, "batch_sizes": (16,), "growth_generations": 2,
@@ -54,9 +57,10 @@ SMOKE = {"task": {"vocab_size": 16, "seq_len": 16, "train_size": 64, "heldout_si
                          "n_embd": 16, "n_head": 2, "batch_size": 16},
          "growth_steps": 2, "isolate": False, "npo_steps": 2, "npo_learn_steps": 2,
          "dispatch_n": 64, "long_steps": 6, "long_repeats": 1, "sync_steps": 4,
-         "scale_steps": 2, "scale_pools": (16, 32, 64), "scale_widths": (8, 16, 32)}
+         "scale_steps": 2, "scale_pools": (16, 32, 64), "scale_widths": (8, 16, 32),
+         "vllm": {"layers": 1, "width": 64, "heads": 2, "n": 16, "new": 8, "batch": 16}}
 N_NOOP = 7
-SECTIONS = 10
+SECTIONS = 11
 
 
 @dataclass
@@ -355,6 +359,96 @@ def synthesis_throughput(cfg: dict, model: torch.nn.Module, task, architecture: 
     section.passed = section.ratio >= 1.0
     section.notes.append(f"{n} sequences x {length} new tokens, temperature 1, no top-k/top-p, BOS suppressed; "
                          "ratio = worst over batch sizes of (ours tokens per CPU s) / (generate tokens per CPU s)")
+    return section
+
+
+# -- 3b. synthesis on vLLM -----------------------------------------------------------------------------
+def vllm_throughput(cfg: dict, root: Path) -> Section:
+    """Tokens per CPU second of one Llama (byte vocabulary, head size >= 32 as vLLM's CPU attention needs) sampled
+    by a vLLM engine, by ``sample_tokens`` and by ``generate``: the same prompts (BOS), new tokens, batch size,
+    temperature 1 and suppressed BOS; plus the engine's start-up and shutdown times."""
+    title = "Synthesis throughput on vLLM (Llama): vLLM engine vs built-in sampler vs transformers generate"
+    section = Section(title, "report only (on a CPU the value is the code path; the speed-up is a GPU figure)")
+    if not _installed("vllm"):
+        section.skipped = "vllm is not installed (pip install -e \".[vllm]\": README, Backends)"
+        return section
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from collapsekit.plugins import vllm_backend
+    from collapsekit.plugins.sampling import sample_tokens
+    from collapsekit.plugins.tasks.hf_data import byte_tokenizer
+
+    size = cfg["vllm"]
+    n, new, batch = size["n"], size["new"], size["batch"]
+    tokenizer = byte_tokenizer()
+    bos = tokenizer.bos_token_id
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=size["width"], intermediate_size=4 * size["width"],
+        num_hidden_layers=size["layers"], num_attention_heads=size["heads"], num_key_value_heads=size["heads"],
+        max_position_embeddings=new + 2, bos_token_id=bos, eos_token_id=bos, pad_token_id=bos)).eval()
+    directory = root / "vllm-model"
+    vllm_backend.save_for_engine(model, tokenizer, directory)
+    t = _clock()
+    vllm_backend.import_vllm()
+    imported = _since(t)
+    t = _clock()
+    engine = vllm_backend.Engine(directory, {**vllm_backend.engine_defaults(torch.float32, new + 2),
+                                             "max_num_seqs": batch})
+    started = _since(t)
+    allowed = [i for i in range(len(tokenizer)) if i != bos]
+    prompts = torch.full((n, 1), bos, dtype=torch.long)
+
+    def on_vllm() -> Timing:
+        t = _clock()
+        out = engine.generate([[bos]] * n, new, list(range(n)), allowed, temperature=1.0)
+        assert out.shape == (n, new + 1)
+        return _since(t)
+
+    def ours() -> Timing:
+        t = _clock()
+        out = sample_tokens(model, prompts, new, torch.Generator().manual_seed(0), batch_size=batch, suppress=[bos])
+        assert out.shape == (n, new + 1)
+        return _since(t)
+
+    def hf() -> Timing:
+        t = _clock()
+        torch.manual_seed(0)
+        for i in range(0, n, batch):
+            chunk = prompts[i:i + batch]
+            out = model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk), do_sample=True,
+                                 max_new_tokens=new, min_new_tokens=new, top_k=0, top_p=1.0, temperature=1.0,
+                                 pad_token_id=bos, suppress_tokens=[bos])
+            assert out.shape == (len(chunk), new + 1)
+        return _since(t)
+
+    try:
+        on_vllm(), ours(), hf()  # warm-up
+        times: dict[str, list[Timing]] = {"vLLM engine": [], "sample_tokens": [], "generate": []}
+        sides = list(zip(times, (on_vllm, ours, hf)))
+        for i in range(cfg["repeats"] + 2):                         # rotate the order every repeat
+            for name, fn in sides[i % 3:] + sides[:i % 3]:
+                times[name].append(fn())
+    finally:
+        t = _clock()
+        engine.close()
+        closed = _since(t)
+    tokens = n * new
+    for name, ts in times.items():
+        section.rows.append({"what": f"{name}, batch {batch}", "tokens per CPU s (best)": tokens / min(x.cpu for x in ts),
+                             "tokens per CPU s (median)": tokens / statistics.median(x.cpu for x in ts),
+                             "tokens per wall s (best)": tokens / min(x.wall for x in ts), "repeats": len(ts)})
+    for what, timing in (("import vllm (first import in this process)", imported), ("engine start-up", started),
+                         ("engine shutdown", closed)):
+        section.rows.append({"what": what, "CPU s": timing.cpu, "wall s": timing.wall})
+    section.ratio = _ratio(times["sample_tokens"], times["vLLM engine"])
+    section.notes.append(f"{n} sequences x {new} new tokens of a {size['layers']}-layer d={size['width']} Llama "
+                         f"({size['heads']} heads, {len(tokenizer)} ids), temperature 1, BOS suppressed, float32, "
+                         f"batch {batch} (vLLM: max_num_seqs {batch}, one seed per request); ratio = (vLLM tokens per "
+                         "CPU s) / (sample_tokens tokens per CPU s), best repeats")
+    section.notes.append(f"engine: {'in this process' if engine.in_process else 'own processes'}, collapsekit's CPU "
+                         "defaults (enforce_eager, 1 GiB KV cache); start-up = vllm.LLM() on the saved model, "
+                         "after vLLM is imported")
     return section
 
 
@@ -720,6 +814,7 @@ def run_perf(out: str | Path = "bench", smoke: bool = False) -> dict:
         measured(plugin_dispatch(cfg, root))
         measured(synthesis_throughput(cfg, model, _task(cfg["task"])))
         measured(synthesis_throughput(cfg, llama_like(_task(cfg["task"])), _task(cfg["task"]), "Llama"))
+        measured(vllm_throughput(cfg, root))
         measured(npo_cache(cfg, root))
         measured(editing_vs_ancestral(cfg, root, model))
         measured(pool_growth(cfg, root))

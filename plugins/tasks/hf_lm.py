@@ -82,7 +82,7 @@ from collapsekit.fileio import atomic_write_bytes
 from collapsekit.metrics import MeanNLL
 from collapsekit.plugins.probes import distinct_n, effective_rank, repetition, tail_coverage
 from collapsekit.plugins.sampling import sample_tokens
-from collapsekit.plugins.vllm_backend import VLLMBackend
+from collapsekit.plugins.vllm_backend import VLLMBackend, save_for_engine
 from collapsekit.plugins.tasks.hf_data import (byte_tokenizer, carve, column, load_hf, load_records, pack_blocks,
                                               quiet_transformers)
 from collapsekit.pool import REAL, Pool
@@ -523,17 +523,16 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         target = directory / "model"
         if target.exists():
             shutil.rmtree(target)
-        self._save_pretrained(model, target)
+        quiet_transformers()
+        self._plain(model).save_pretrained(target)
+        self.tokenizer.save_pretrained(target)
         if self.inference is not None:
             self.inference.remember(model, target)
         return sorted(p.relative_to(directory).as_posix() for p in target.rglob("*") if p.is_file())
 
-    def _save_pretrained(self, model: torch.nn.Module, target: Path) -> None:
-        """``save_pretrained`` of ``model`` (LoRA merged) and the tokenizer into ``target``."""
-        quiet_transformers()
-        plain = copy.deepcopy(model).merge_and_unload() if self.lora is not None else model
-        plain.save_pretrained(target)
-        self.tokenizer.save_pretrained(target)
+    def _plain(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` as a plain transformers model (a merged copy when LoRA adapters are trained)."""
+        return copy.deepcopy(model).merge_and_unload() if self.lora is not None else model
 
     def load_model(self, directory: Path) -> torch.nn.Module:
         """The model saved by :meth:`save_model` (merged weights; fresh LoRA adapters when ``lora`` is set)."""
@@ -622,7 +621,8 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         """The vLLM engine serving ``model`` (its saved ``gen_<k>/model/``, or a temporary copy)."""
         width = self.width + 1                          # scoring a full row asks for one token more
         context = min(width, self.context) if self.context else width
-        return self.inference.engine_for(model, lambda d: self._save_pretrained(model, d), max_model_len=context)
+        return self.inference.engine_for(model, lambda d: save_for_engine(self._plain(model), self.tokenizer, d),
+                                         max_model_len=context)
 
     def release_inference(self) -> None:
         """Shut down the inference engine, if any (before measuring and before the next model trains)."""
