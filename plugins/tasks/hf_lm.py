@@ -32,7 +32,10 @@ plugin's values for the keys it sets), ``num_beams``, ``repetition_penalty`` and
 ``no_repeat_ngram_size``. Plain sampling uses collapsekit's KV-cache sampler and draws only
 from the generator it is given; beams or penalties go through ``model.generate``, seeded with
 ``torch.manual_seed(seed drawn from the generator)`` inside ``torch.random.fork_rng``: the
-same seed gives the same samples on the same hardware and library versions.
+same seed gives the same samples on the same hardware and library versions. ``backend: vllm``
+samples (and scores, :meth:`token_scores`) with a vLLM engine over the generation's saved model
+instead, one seed per item drawn from the generator (:mod:`collapsekit.plugins.vllm_backend`;
+beams and ``no_repeat_ngram_size`` are refused there).
 
 Saving. Each generation's model is ``gen_<k>/model/`` (``save_pretrained`` safetensors plus
 the tokenizer): ``AutoModelForCausalLM.from_pretrained(run_dir / "gen_<k>" / "model")`` loads

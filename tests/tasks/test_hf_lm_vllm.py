@@ -201,3 +201,18 @@ def test_two_generations_through_the_cli(assets, tmp_path, cli):
         metrics = json.loads((run_dir / f"gen_{g}" / "metrics.json").read_text())
         assert np.isfinite(metrics["heldout_ppl"]) and metrics["synthetic/kept"] == 24
     assert not torch.distributed.is_initialized()
+
+
+def test_engine_copies_keep_tied_weights_and_load_with_from_pretrained(assets, tmp_path):
+    """What a DDP rank other than 0 writes for its engine (``save_pretrained`` writes only on rank 0)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(assets / "llama")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=1, n_head=2))
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()      # tied
+    vllm_backend.save_for_engine(model, tokenizer, tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert len(AutoTokenizer.from_pretrained(tmp_path)) == len(tokenizer)
