@@ -320,32 +320,41 @@ def llama_like(task) -> torch.nn.Module:
     return LlamaForCausalLM(config)
 
 
-def synthesis_throughput(cfg: dict, model: torch.nn.Module, task, architecture: str = "GPT-2") -> Section:
+def _timed_sampler(model: torch.nn.Module, prompts: torch.Tensor, new: int, batch: int, bos: int) -> Timing:
+    """``sample_tokens`` continuing ``prompts`` by ``new`` tokens at temperature 1 (BOS suppressed), timed."""
     from collapsekit.plugins.sampling import sample_tokens
 
+    t = _clock()
+    out = sample_tokens(model, prompts, new, torch.Generator().manual_seed(0), batch_size=batch, suppress=[bos])
+    assert out.shape == (len(prompts), prompts.shape[1] + new)
+    return _since(t)
+
+
+def _timed_generate(model: torch.nn.Module, prompts: torch.Tensor, new: int, batch: int, bos: int) -> Timing:
+    """``model.generate`` with the same settings as :func:`_timed_sampler`, in chunks of ``batch``, timed."""
+    t = _clock()
+    torch.manual_seed(0)
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i:i + batch]
+        out = model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk), do_sample=True,
+                             max_new_tokens=new, min_new_tokens=new, top_k=0, top_p=1.0, temperature=1.0,
+                             pad_token_id=bos, suppress_tokens=[bos])
+        assert out.shape == (len(chunk), chunk.shape[1] + new)
+    return _since(t)
+
+
+def synthesis_throughput(cfg: dict, model: torch.nn.Module, task, architecture: str = "GPT-2") -> Section:
     model.eval()
     n, length, bos = cfg["sample_n"], task.seq_len, task.bos_id
     prompts = torch.full((n, 1), bos, dtype=torch.long)
     section = Section(f"Synthesis throughput ({architecture}): built-in sampler vs transformers generate", ">= 1.0x")
     ratios = []
     for bs in cfg["batch_sizes"]:
-        def ours() -> float:
-            t = _clock()
-            out = sample_tokens(model, prompts, length, torch.Generator().manual_seed(0), batch_size=bs,
-                                suppress=[bos])
-            assert out.shape == (n, length + 1)
-            return _since(t)
+        def ours(bs: int = bs) -> Timing:
+            return _timed_sampler(model, prompts, length, bs, bos)
 
-        def hf() -> float:
-            t = _clock()
-            torch.manual_seed(0)
-            for i in range(0, n, bs):
-                chunk = prompts[i:i + bs]
-                out = model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk), do_sample=True,
-                                     max_new_tokens=length, min_new_tokens=length, top_k=0, top_p=1.0,
-                                     temperature=1.0, pad_token_id=bos, suppress_tokens=[bos])
-                assert out.shape == (len(chunk), length + 1)
-            return _since(t)
+        def hf(bs: int = bs) -> Timing:
+            return _timed_generate(model, prompts, length, bs, bos)
 
         ours(), hf()  # warm-up
         to, th = _alternate(ours, hf, cfg["repeats"] + 2)
@@ -375,7 +384,6 @@ def vllm_throughput(cfg: dict, root: Path) -> Section:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from collapsekit.plugins import vllm_backend
-    from collapsekit.plugins.sampling import sample_tokens
     from collapsekit.plugins.tasks.hf_data import byte_tokenizer
 
     size = cfg["vllm"]
@@ -406,21 +414,10 @@ def vllm_throughput(cfg: dict, root: Path) -> Section:
         return _since(t)
 
     def ours() -> Timing:
-        t = _clock()
-        out = sample_tokens(model, prompts, new, torch.Generator().manual_seed(0), batch_size=batch, suppress=[bos])
-        assert out.shape == (n, new + 1)
-        return _since(t)
+        return _timed_sampler(model, prompts, new, batch, bos)
 
     def hf() -> Timing:
-        t = _clock()
-        torch.manual_seed(0)
-        for i in range(0, n, batch):
-            chunk = prompts[i:i + batch]
-            out = model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk), do_sample=True,
-                                 max_new_tokens=new, min_new_tokens=new, top_k=0, top_p=1.0, temperature=1.0,
-                                 pad_token_id=bos, suppress_tokens=[bos])
-            assert out.shape == (len(chunk), new + 1)
-        return _since(t)
+        return _timed_generate(model, prompts, new, batch, bos)
 
     try:
         on_vllm(), ours(), hf()  # warm-up

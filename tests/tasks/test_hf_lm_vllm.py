@@ -6,6 +6,7 @@ generation. Skipped where vLLM is not installed (install the ``vllm`` extra: REA
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,12 +17,13 @@ import pytest
 import torch
 import yaml
 
-pytest.importorskip("vllm", reason="the vllm extra is not installed")
+from collapsekit.errors import ConfigError
+from collapsekit.plugins import vllm_backend
+from collapsekit.plugins.tasks.bible_lm import book_text
+from collapsekit.plugins.tasks.hf_lm import HFCausalLM
 
-from collapsekit.errors import ConfigError                                            # noqa: E402
-from collapsekit.plugins.tasks.bible_lm import book_text                               # noqa: E402
-from collapsekit.plugins.tasks.hf_lm import HFCausalLM                                 # noqa: E402
-from collapsekit.plugins import vllm_backend                                           # noqa: E402
+# vLLM is imported by the first test that needs it, not when the suite is collected
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="the vllm extra is not installed")
 
 CLASS_PATH = "collapsekit.plugins.tasks.hf_lm.HFCausalLM"
 
