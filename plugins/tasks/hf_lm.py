@@ -210,7 +210,7 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         retain: dict[str, Any] | None = None,
         question_key: str = "question",
         answer_key: str = "answer",
-        backend: Literal["hf", "vllm"] = "hf",
+        backend: str = "hf",
         vllm: dict[str, Any] | None = None,
     ) -> None:
         if (model is None) == (config is None):

@@ -193,6 +193,9 @@ def test_two_generations_through_the_cli(assets, tmp_path, cli):
               "trainer": {"max_steps": 3, "accelerator": "cpu", "enable_progress_bar": False, "logger": False}}
     path = tmp_path / "v.yaml"
     path.write_text(yaml.safe_dump(config))
+    code, _, err = cli("run", "--config", path, "--task.init_args.vllm", "{gpu_memory_utilisation: 0.5}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "unknown vllm engine argument 'gpu_memory_utilisation'" in err
     code, out, err = cli("run", "--config", path)
     assert code == 0, err
     run_dir = tmp_path / "runs" / "v"
