@@ -186,17 +186,21 @@ class Engine:
         return process_state_kept() if self.in_process else contextlib.nullcontext()
 
     def generate(self, prompts: Sequence[Sequence[int]], new_tokens: int, seeds: Sequence[int],
-                 allowed: Sequence[int], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 suppress: Sequence[int] = (), temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0) -> np.ndarray:
-        """``[N, P + new_tokens]``: each prompt continued by exactly ``new_tokens`` ids from ``allowed``,
-        request ``i`` seeded with ``seeds[i]`` (``temperature`` 0: greedy)."""
+        """``[N, P + new_tokens]``: each prompt continued by exactly ``new_tokens`` ids, request ``i`` seeded
+        with ``seeds[i]`` (``temperature`` 0: greedy). The ids in ``suppress`` get vLLM's lowest logit bias
+        (-100: at most e^-100 times as likely as the most likely id, never drawn in practice); a bias of the
+        few suppressed ids rather than ``allowed_token_ids`` keeps each request small (a vocabulary-sized
+        list per request would be sent to vLLM's engine process with every request)."""
         from vllm import SamplingParams
 
+        bias = {int(i): -100.0 for i in suppress} or None
         # ignore_eos: no EOS / generation-config stop id ends a request early (min_tokens would instead
         # forbid those ids, which may be content ids of the tokenizer)
         params = [SamplingParams(n=1, max_tokens=new_tokens, ignore_eos=True,
                                  temperature=temperature, top_k=top_k if top_k > 0 else 0, top_p=top_p,
-                                 repetition_penalty=repetition_penalty, seed=int(s), allowed_token_ids=list(allowed),
+                                 repetition_penalty=repetition_penalty, seed=int(s), logit_bias=bias,
                                  detokenize=False) for s in seeds]
         requests = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts]
         with self._state():

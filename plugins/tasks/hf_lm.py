@@ -614,9 +614,8 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         """The rows sampled by the vLLM engine of ``model``: one request per prompt, seeded with one draw per item
         from ``generator`` (so items differ, and the same generator gives the same rows)."""
         seeds = torch.randint(2 ** 63 - 1, (len(prompts),), generator=generator).tolist()
-        allowed = sorted(set(range(self.logits_size)) - set(self.suppress))
         return self._engine(model).generate(
-            prompts.tolist(), new, seeds, allowed, temperature=settings.get("temperature", 1.0),
+            prompts.tolist(), new, seeds, self.suppress, temperature=settings.get("temperature", 1.0),
             top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
             repetition_penalty=settings.get("repetition_penalty", 1.0))
 
