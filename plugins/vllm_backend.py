@@ -39,6 +39,7 @@ import random
 import shutil
 import sys
 import tempfile
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -61,6 +62,8 @@ def import_vllm() -> Any:
     """The ``vllm`` module, or one :class:`ConfigError` line saying how to install it."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")      # set it to INFO to see vLLM's logs
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    # vLLM 0.32 touches torch's deprecated reduce_op while it starts: not the user's concern
+    warnings.filterwarnings("ignore", message=".*torch.distributed.reduce_op.*", category=FutureWarning)
     try:
         import vllm
     except ImportError as exc:
