@@ -10,7 +10,8 @@ are built once per process and shared by every generation's ``Trainer``, each wr
   ``step = g``; the per-generation means ``loss/<term>`` go in as ``loss_mean/<term>``, since
   ``loss/<term>`` is the per-step curve (W&B: against its own ``generation`` axis);
 * **hyperparameters**: the resolved config, once, when the tracker run is created (Lightning's
-  per-fit ``log_hyperparams`` and ``finalize`` calls are absorbed; :meth:`Tracking.close` finalizes);
+  per-fit ``log_hyperparams`` call with the module's empty hyperparameters and its ``finalize`` are
+  absorbed; :meth:`Tracking.close` finalizes);
 * **resume**: ``tracking.json`` in the run directory pins each logger's run identity (TensorBoard
   ``version``, MLflow ``run_id``, W&B ``id``; the constructor argument is set on resume, so the same
   event folder / MLflow run / W&B run continues), the generations already sent (a generation read
@@ -88,7 +89,7 @@ def reopen_args(logger: Logger) -> dict[str, Any]:
     return {}
 
 
-def _reopened(logger: Logger, state_file: Path) -> None:
+def _reopened(logger: Logger, state_file: Path, pin: Mapping[str, Any]) -> None:
     """Check that a pinned tracker run can be continued; mark it running again (MLflow keeps the
     status the last process set)."""
     from lightning.pytorch.loggers import MLFlowLogger
@@ -96,9 +97,9 @@ def _reopened(logger: Logger, state_file: Path) -> None:
     if not isinstance(logger, MLFlowLogger):
         return
     try:
-        logger.experiment.update_run(logger.run_id, status="RUNNING")
+        logger.experiment.update_run(pin["run_id"], status="RUNNING")
     except Exception as exc:  # noqa: BLE001 - the store raises its own types; each becomes one message
-        raise RunStateError(f"{state_file} continues MLflow run {logger.run_id}, which the tracking store "
+        raise RunStateError(f"{state_file} continues MLflow run {pin['run_id']}, which the tracking store "
                             f"cannot give back ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Point "
                             f"the logger at the store that holds it, or delete {state_file} to log the rest of "
                             f"the run to a new tracker run.") from None
@@ -131,8 +132,11 @@ def _close(logger: Logger, status: str) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     logger.finalize(status)
-    if isinstance(logger, WandbLogger):
-        logger.experiment.finish(exit_code=0 if status == "success" else 1)
+    if isinstance(logger, WandbLogger) and process_rank() == 0:
+        import wandb
+
+        if wandb.run is not None:                       # Lightning leaves the W&B run open until exit
+            wandb.run.finish(exit_code=0 if status == "success" else 1)
 
 
 # -- the state file ----------------------------------------------------------------------------------
@@ -164,8 +168,8 @@ class TrackingState:
 
 class ContinuousStepLogger(Logger):
     """``inner`` as one generation's ``Trainer`` sees it: steps shifted by ``offset``; steps up to
-    ``skip_through`` (sent by an earlier process) dropped; Lightning's per-fit hyperparameters and
-    ``finalize`` absorbed (the :class:`Tracking` logs the config once and finalizes at the end).
+    ``skip_through`` (sent by an earlier process) dropped; Lightning's per-fit (empty) hyperparameters
+    and ``finalize`` absorbed (the :class:`Tracking` logs the config once and finalizes at the end).
     Everything else (``experiment``, ``save_dir``, ...) is ``inner``'s."""
 
     def __init__(self, inner: Logger, offset: int, skip_through: int, state: TrackingState | None,
@@ -220,7 +224,10 @@ class ContinuousStepLogger(Logger):
         self._sent = step
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """Absorbed: the run's resolved config was logged once when the tracker run was created."""
+        """Passed on unless empty: Lightning calls it at every fit with the module's (empty) hyperparameters,
+        and the run's resolved config was logged once when the tracker run was created."""
+        if params:
+            self.inner.log_hyperparams(params, *args, **kwargs)
 
     def log_graph(self, model: Any, input_array: Any = None) -> None:
         self.inner.log_graph(model, input_array)
@@ -275,7 +282,7 @@ class Tracking:
             if i in pins and pins[i]["class"] == cls:
                 entries.append(state.loggers[i])        # the same tracker run, reopened through its pin
                 if lead:
-                    _reopened(logger, state.path)
+                    _reopened(logger, state.path, pins[i]["args"])
                 continue
             entries.append({"class": cls, "pin": reopen_args(logger) if lead else {}, "opened": uuid.uuid4().hex,
                             "generations": [], "last_step": -1})

@@ -99,6 +99,10 @@ class LMEval:
         self.evaluate_args = {"log_samples": False, **dict(evaluate_args or {})}
         self._manager: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without lm-eval's task index (rebuilt on first use in the receiving process)."""
+        return {**self.__dict__, "_manager": None}
+
     # -- hooks ---------------------------------------------------------------------------------
     @hookimpl
     def configure(self, run):

@@ -196,9 +196,11 @@ def test_continuous_step_logger_shifts_skips_and_logs_on_rank_zero_only(tmp_path
         wrapped.save()
     assert [s for s, _ in inner.sent] == [12, 13]          # 10 and 11 were sent by an earlier process
     assert json.loads(state.path.read_text())["loggers"][0]["last_step"] == 13
-    wrapped.log_hyperparams({"a": 1})
+    wrapped.log_hyperparams({})                            # what Lightning sends at every fit
     wrapped.finalize("success")
     assert inner.params == [] and inner.finalized == []    # the Tracking logs the config once and finalizes
+    wrapped.log_hyperparams({"a": 1})                      # a callback's own hyperparameters go through
+    assert inner.params == [{"a": 1}]
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     wrapped.log_metrics({"loss/total": 9.0}, 9)
     assert [s for s, _ in inner.sent] == [12, 13]
@@ -238,3 +240,20 @@ def test_tracking_sends_each_generation_once_and_the_config_once(tmp_path):
     with Tracking(run, [fresh]) as again:               # a logger that cannot be reopened: a new tracker run,
         again.on_generation(0, {"kl": 0.5}, resumed=True)   # which gets the finished generations
     assert fresh.sent == [(0, {"kl": 0.5})] and fresh.params == [{"run": {"name": "r"}}]
+
+
+def test_a_pinned_mlflow_run_the_store_lacks_is_one_message(tracked_run, tmp_path):
+    from types import SimpleNamespace
+
+    from collapsekit.errors import RunStateError
+
+    _, root, _ = tracked_run
+    spec = {"class_path": "lightning.pytorch.loggers.MLFlowLogger",
+            "init_args": {"tracking_uri": f"sqlite:///{root}/mlflow.db"}}
+    (tmp_path / "tracking.json").write_text(json.dumps({"loggers": [
+        {"class": "lightning.pytorch.loggers.mlflow.MLFlowLogger", "pin": {"run_id": "0" * 32}, "opened": "t",
+         "generations": [0], "last_step": 4}]}))
+    run = SimpleNamespace(dir=tmp_path, config_dict={}, metrics_of=lambda g: {"train/steps": 5.0})
+    with pytest.raises(RunStateError, match=r"continues MLflow run 0{32}, which the tracking store cannot give back"
+                                            r".*delete .*tracking.json"):
+        Tracking(run, [spec]).loggers_for(1)
