@@ -180,39 +180,3 @@ def _kit_task_dir() -> Path:
 
 _KIT_DIR: Path | None = None
 
-
-# -- under DDP the evaluation runs in rank 0 alone --------------------------------------------------------
-def _from_lead_worker(rank: int, world: int, port: int, out) -> None:
-    import torch.distributed as dist
-
-    from collapsekit.distributed import from_lead
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        calls = []
-        value = from_lead(lambda: calls.append(rank) or {"lm_eval/t/acc": 0.25 + rank})
-        try:
-            from_lead(lambda: 1 / 0)
-            error = None
-        except Exception as exc:  # noqa: BLE001 - what each rank raises is the result
-            error = f"{type(exc).__name__}: {exc}"
-        out.put((rank, calls, value, error))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_from_lead_computes_in_rank_zero_and_hands_every_rank_its_result():
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.get_context("spawn").Queue()
-    mp.start_processes(_from_lead_worker, args=(2, port, out), nprocs=2, join=True, start_method="spawn")
-    results = sorted(out.get(timeout=60) for _ in range(2))
-    assert results[0][:3] == (0, [0], {"lm_eval/t/acc": 0.25})
-    assert results[1][:3] == (1, [], {"lm_eval/t/acc": 0.25})           # rank 1 never computed, got rank 0's
-    assert results[0][3] == "ZeroDivisionError: division by zero"
-    assert results[1][3] == "CollapsekitError: rank 0 failed (ZeroDivisionError: division by zero)"
