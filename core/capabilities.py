@@ -230,9 +230,22 @@ class PauseTokens(Capability):
     pause_tokens: int
 
 
+class TransformersLM(Capability):
+    """The task's models are ``transformers`` causal language models over the task's tokenizer.
+
+    ``tokenizer``: a ``transformers`` tokenizer whose ids are the model's. The model the task builds,
+    trains and hands to the ``metrics`` hook is a ``transformers.PreTrainedModel`` with a causal-LM
+    head (possibly wrapped by ``peft``), so tools that take such a model and tokenizer in memory
+    (lm-evaluation-harness) can evaluate it. Use a copy of ``tokenizer`` to change its settings.
+    """
+
+    requirement = "transformers_lm"
+    tokenizer: Any
+
+
 CAPABILITIES: dict[str, type[Capability]] = {c.requirement: c for c in (
     Sampler, LabelledLogits, TokenSequences, HiddenStates, StepFeatures, Items, LatentEncoder, FrozenFeatures, TextItems,
-    ForgetRetain, TwoViews, PauseTokens)}
+    ForgetRetain, TwoViews, PauseTokens, TransformersLM)}
 """Every capability by its requirement name."""
 
 ENGINE_REQUIREMENTS = frozenset({"reference_model"})

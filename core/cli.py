@@ -8,6 +8,7 @@ cause print one message (``collapsekit: error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
@@ -163,10 +164,18 @@ def cmd_run(argv: Sequence[str]) -> int:
     hooks = build_manager(run_config.plugins)
     run = Run(run_config, task, hooks, config_dict)
     want_bar = cfg.trainer.enable_progress_bar is not False
+    tracking = None
+    if cfg.trainer.logger not in (None, True, False, []):   # the user's loggers: one tracker run for the whole run
+        from .tracking import Tracking
+
+        tracking, cfg = Tracking(run, cfg.trainer.logger), cfg.clone()
+        cfg.trainer.logger = None                       # built once by the Tracking, not per generation
 
     def make_trainer(generation, gen_dir):
         # None means "Trainer default"; dropping it lets trainer_factory's defaults apply
         kwargs = {k: v for k, v in dict(_instantiate(parser, cfg).trainer).items() if v is not None}
+        if tracking is not None:
+            kwargs["logger"] = tracking.loggers_for(generation)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if want_bar and sys.stderr.isatty():
             callbacks.append(GenerationProgressBar())
@@ -182,6 +191,8 @@ def cmd_run(argv: Sequence[str]) -> int:
               f"dir {run.dir}", flush=True)
 
     def on_generation(generation: int, metrics: dict, resumed: bool) -> None:
+        if tracking is not None:
+            tracking.on_generation(generation, metrics, resumed)
         if not run.is_lead:
             return
         shown = headline or [k for k in metrics if "/" not in k][:5]
@@ -189,7 +200,8 @@ def cmd_run(argv: Sequence[str]) -> int:
         print(f"generation {generation}: " + "  ".join(f"{k}={_fmt(metrics[k])}" for k in shown if k in metrics)
               + note, flush=True)
 
-    results = execute(run, make_trainer, on_generation)
+    with tracking if tracking is not None else contextlib.nullcontext():   # closes the trackers, also on errors
+        results = execute(run, make_trainer, on_generation)
     if not run.is_lead:
         return 0
     _print_table(results, headline)

@@ -3,7 +3,9 @@ the process group exists."""
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
+
+T = TypeVar("T")
 
 
 def process_rank() -> int:
@@ -61,3 +63,33 @@ def all_sum(values: Mapping[str, float]) -> dict[str, float]:
         total = total.cuda()
     dist.all_reduce(total)
     return dict(zip(keys, total.cpu().tolist()))
+
+
+def from_lead(compute: Callable[[], T]) -> T:
+    """``compute()`` run in global rank 0 alone, its (picklable) result handed to every process.
+
+    A collective: every rank must call it. Use it for an evaluation that cannot be split over
+    ranks; the others wait. When ``compute`` raises in rank 0, every rank raises (rank 0 its own
+    exception, the others a :class:`~collapsekit.errors.CollapsekitError` naming it).
+    """
+    rank, size = world()
+    if size == 1:
+        return compute()
+    import torch.distributed as dist
+
+    from .errors import CollapsekitError
+
+    box: list = [None]
+    failure: BaseException | None = None
+    if rank == 0:
+        try:
+            box[0] = ("ok", compute())
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks learn of it
+            failure, box[0] = exc, ("error", f"{type(exc).__name__}: {exc}")
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "ok":
+        return value
+    if failure is not None:
+        raise failure
+    raise CollapsekitError(f"rank 0 failed ({value})")

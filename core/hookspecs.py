@@ -175,6 +175,7 @@ def metrics(run, model, generation):
     Called in every process of a distributed run (the first one writes the
     values): return the same values in each, e.g. by splitting an evaluation's
     batches with ``collapsekit.distributed.shard(n)`` and reducing with
-    torchmetrics or ``collapsekit.distributed.all_sum``; every process makes the
-    same collective calls in the same order.
+    torchmetrics or ``collapsekit.distributed.all_sum``, or by computing it in
+    the first process alone with ``collapsekit.distributed.from_lead(fn)``;
+    every process makes the same collective calls in the same order.
     """

@@ -89,11 +89,20 @@ def effective_rank(features: torch.Tensor | np.ndarray) -> float:
 
 
 class CollapseProbes:
-    """Built-in ``metrics`` plugin: the task's collapse probes, always active."""
+    """Built-in ``metrics`` plugin: the task's collapse probes, always active; for a task with text
+    (:class:`~collapsekit.capabilities.TextItems`) also the pool's Self-BLEU and type-token ratio
+    (:mod:`collapsekit.plugins.text_metrics`)."""
 
     @hookimpl(trylast=True)
     def metrics(self, run, model, generation):
-        return run.task.evaluate(model, run.synthetic(generation))
+        from collapsekit.capabilities import TextItems, provides
+        from collapsekit.plugins.text_metrics import pool_text_diversity
+
+        pool = run.synthetic(generation)
+        measured = run.task.evaluate(model, pool)
+        if isinstance(run.task, TextItems) and TextItems.requirement in provides(run.task):
+            measured = {**pool_text_diversity(run.task, pool), **measured}
+        return measured
 
 
 def repetition(rows: np.ndarray, n: int = 4, ignore: int | None = None) -> float:

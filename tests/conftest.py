@@ -176,3 +176,24 @@ def kill_at(command: list[str], marker: Path, env: dict, timeout: float = 240) -
 def sigkill_at():
     """``sigkill_at(command, marker, env) -> bool``: :func:`kill_at` (a real SIGKILL at a file marker)."""
     return kill_at
+
+
+def run_gloo_processes(worker, world: int, *args, timeout: float = 60) -> list:
+    """Start ``world`` spawned processes running ``worker(rank, world, port, queue, *args)`` (a free local
+    port for a gloo ``init_process_group``); return the ``world`` items they put in ``queue``."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    queue = mp.get_context("spawn").Queue()
+    mp.start_processes(worker, args=(world, port, queue, *args), nprocs=world, join=True, start_method="spawn")
+    return [queue.get(timeout=timeout) for _ in range(world)]
+
+
+@pytest.fixture(scope="session")
+def gloo_processes():
+    """:func:`run_gloo_processes`: a function run in real spawned processes joined by a gloo process group."""
+    return run_gloo_processes

@@ -1,7 +1,8 @@
 """Plots and tables: metric-vs-generation plots of a run, and rendering of a bench's ``results.json``.
 
 :func:`report` accepts either a run directory (``gen_<k>/metrics.json``; writes
-``plots/metrics.png``, when the task declares a ``headline``, ``plots/headline.png``, when
+``plots/metrics.png``, when the task declares a ``headline``, ``plots/headline.png``, when there are
+text probes or lm-eval results, ``plots/evaluation.png`` (lm-eval's standard errors as error bars), when
 generations wrote ``samples.png``, ``plots/samples.png`` of them side by side, and when they wrote
 ``samples.jsonl``, ``plots/samples.md`` with a few texts of each), a bench directory
 (``results.json``; writes ``RESULTS.md`` and ``plots/<task>.png``) or several run directories
@@ -108,6 +109,27 @@ def read_run_metrics(run_dir: Path) -> list[dict[str, float]]:
     return [read_metrics(run_dir, k) for k in range(finished_generations(run_dir))]
 
 
+TEXT_PROBES = ("self_bleu", "type_token_ratio")
+
+
+def stderr_of(name: str) -> str:
+    """The key of ``name``'s standard error as lm-eval reports it (``lm_eval/<task>/<metric>_stderr[/<filter>]``)."""
+    parts = name.split("/")
+    if len(parts) < 3 or parts[0] != "lm_eval":
+        return f"{name}_stderr"
+    parts[2] += "_stderr"
+    return "/".join(parts)
+
+
+def evaluation_metrics(names: Iterable[str]) -> list[str]:
+    """The panels of ``plots/evaluation.png``: the text probes of the pool (Self-BLEU, type-token ratio) and
+    the lm-eval results (their standard errors become error bars, not panels)."""
+    names = set(names)
+    harness = sorted(n for n in names if n.startswith("lm_eval/") and n.count("/") >= 2
+                     and not n.split("/")[2].endswith("_stderr"))
+    return [n for n in TEXT_PROBES if n in names] + harness
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Draw every metric of a run against the generation; return the PNG paths written."""
     run_dir = Path(run_dir)
@@ -130,13 +152,16 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
     written = []
-    for filename, chosen, ncols in (("metrics.png", names, 4), ("headline.png", headline, None)):
+    for filename, chosen, ncols in (("metrics.png", names, 4), ("headline.png", headline, None),
+                                    ("evaluation.png", evaluation_metrics(names), 4)):
         if not chosen:
             continue
         fig, axes = _figure(len(chosen), ncols=min(ncols or len(chosen), len(chosen)))
         for ax, name in zip(axes, chosen):
             gens = [g for g, m in enumerate(metrics) if name in m]
-            ax.plot(gens, [metrics[g][name] for g in gens], marker="o")
+            errors = [metrics[g].get(stderr_of(name)) for g in gens]
+            ax.errorbar(gens, [metrics[g][name] for g in gens], marker="o", capsize=3,
+                        yerr=errors if all(isinstance(e, (int, float)) for e in errors) else None)
             ax.set_title(name + _arrow(directions.get(name)), fontsize=10)
             _generation_axis(ax)
         fig.suptitle(run_dir.name)

@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from collapsekit.capabilities import (ForgetRetain, HiddenStates, Sampler, StepFeatures, TextItems,
-                                      TokenSequences)
+                                      TokenSequences, TransformersLM)
 from collapsekit.distributed import shard
 from collapsekit.errors import ConfigError
 from collapsekit.fileio import atomic_write_bytes
@@ -107,7 +107,8 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
-class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, TextItems, ForgetRetain):
+class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, TextItems, ForgetRetain,
+                 TransformersLM):
     """Any ``transformers`` causal LM, pretrained or from scratch, on any ``datasets`` corpus.
 
     Args:
