@@ -84,7 +84,13 @@ def _known_keys(parser) -> list[str]:
 
 
 def explain_parse_error(exc: BaseException, parser) -> str:
-    """One line for a jsonargparse error, with "did you mean" for unknown keys."""
+    """One line for a jsonargparse error: the key at fault and what it accepts
+    (:func:`collapsekit.config_errors.explain`), or "did you mean" for unknown top-level keys."""
+    from .config_errors import explain
+
+    located = explain(exc)
+    if located is not None:
+        return located
     message = str(exc).strip()
     unknown = re.findall(r"--([\w.]+)", message) if "unrecognized" in message else []
     m = re.search(r"Group '(\w+)' does not accept (?:nested key|option) '([\w.]+)'", message)
@@ -141,7 +147,9 @@ def load_run_config(argv: Sequence[str]):
         cause = _collapsekit_cause(exc)
         if cause is not None:      # a class's own message (e.g. a task's ConfigError), without the union wall
             raise cause from None
-        raise ConfigError(f"invalid config value: {exc}") from None
+        from .config_errors import innermost_message
+
+        raise ConfigError(f"invalid config value: {innermost_message(exc)}") from None
     run_config = objects.run if isinstance(objects.run, RunConfig) else RunConfig(**vars(objects.run))
     run_config.validate()
     return parser, cfg, run_config, objects.task, config_dict

@@ -1,19 +1,14 @@
-"""Offline loading of what ``hf-lm`` takes from the Hugging Face libraries: models, tokenizers and
-``datasets`` corpora by local path or local cache only (never a download), plus the byte-level
-tokenizer of the CPU presets and the packing of token streams into blocks."""
+"""What ``hf-lm`` takes from the Hugging Face libraries: models, tokenizers and ``datasets`` corpora
+(a local path, the local cache or the Hub: :mod:`collapsekit.plugins.tasks.hub`), plus the
+byte-level tokenizer of the CPU presets and the packing of token streams into blocks."""
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from collapsekit.errors import ConfigError
-
-HOW_TO_PROVIDE = ("collapsekit never downloads: pre-download it once on a machine with network "
-                  "(`hf download {name}` puts it in the Hugging Face cache, where it is then found by id) or "
-                  "save it to a directory (`.save_pretrained(dir)`) and give that directory")
+from collapsekit.plugins.tasks import hub
 
 
 def quiet_transformers() -> None:
@@ -24,68 +19,29 @@ def quiet_transformers() -> None:
 
 
 def load_hf(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
-    """``loader(name, local_files_only=True, **kwargs)``; a missing or unreadable ``name`` is one ConfigError."""
+    """``loader(name, **kwargs)`` (a ``from_pretrained``) from a directory, the cache or the Hub; anything
+    that cannot be loaded is one ConfigError (:func:`collapsekit.plugins.tasks.hub.load_pretrained`)."""
     quiet_transformers()
-    try:
-        return loader(name, local_files_only=True, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        if Path(str(name)).expanduser().is_dir():
-            raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: the directory has no loadable {what} "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-        if str(name).startswith(("/", ".", "~")) or str(name).count("/") > 1:
-            raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: no such directory") from None
-        raise ConfigError(f"hf-lm: cannot load the {what} {name!r}: it is not a local directory and not in the "
-                          f"local Hugging Face cache; {HOW_TO_PROVIDE.format(name=name)}") from None
-
-
-@contextlib.contextmanager
-def datasets_offline() -> Iterator[Any]:
-    """``datasets`` with Hub access switched off (no implicit network) and no progress bars."""
-    import datasets
-
-    flags = [f for f in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(datasets.config, f)]  # new, old name
-    saved = {f: getattr(datasets.config, f) for f in flags}
-    for flag in flags:
-        setattr(datasets.config, flag, True)
-    bars = datasets.utils.logging.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield datasets
-    finally:
-        for flag, value in saved.items():
-            setattr(datasets.config, flag, value)
-        if bars:
-            datasets.enable_progress_bars()
+    return hub.load_pretrained(loader, name, what, "hf-lm", **kwargs)
 
 
 def load_records(spec: Mapping[str, Any], what: str) -> Any:
-    """The ``datasets.Dataset`` of ``load_dataset(**spec)`` (its ``train`` split, or its only one, when
-    ``spec`` names no split); anything unavailable offline is one ConfigError naming ``what``."""
-    if not isinstance(spec, Mapping) or "path" not in spec:
-        raise ConfigError(f"hf-lm: {what} must be a dict of datasets.load_dataset arguments with at least "
-                          f"'path' (e.g. {{path: json, data_files: corpus.jsonl}}), got {spec!r}")
-    with datasets_offline() as datasets:
-        try:
-            loaded = datasets.load_dataset(**dict(spec))
-        except Exception as exc:  # noqa: BLE001 - datasets raises many types; each becomes one message
-            raise ConfigError(
-                f"hf-lm: cannot load {what} {dict(spec)} offline ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]}). collapsekit never downloads: give local files (e.g. "
-                f"{{path: json, data_files: corpus.jsonl}}), or load the dataset once on a machine with network "
-                f"(datasets.load_dataset(...) fills the datasets cache, where it is then found)") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" in loaded or len(loaded) == 1:
-            return loaded["train" if "train" in loaded else next(iter(loaded))]
-        raise ConfigError(f"hf-lm: {what} {dict(spec)} has splits {list(loaded)}; choose one with split: <name>")
-    return loaded
+    """The ``datasets.Dataset`` of ``load_dataset(**spec)`` (its ``split``, else its ``train`` split or its
+    only one); anything that cannot be loaded is one ConfigError naming ``what``."""
+    return hub.load_dataset(spec, what, "hf-lm")
 
 
-def column(records: Any, key: str, what: str, option: str) -> list[str]:
-    """The string column ``key`` of ``records``; a missing key names the available columns."""
+def column(records: Any, key: str, what: str, option: str, spec: Mapping[str, Any] | None = None) -> list[str]:
+    """The string column ``key`` of ``records`` (loaded from ``spec``); a missing key names the available
+    columns, text that is not UTF-8 names the file at fault."""
     if key not in records.column_names:
         raise ConfigError(f"hf-lm: {what} has no column {key!r} (set {option}); its columns are "
                           f"{records.column_names}")
-    return ["" if v is None else str(v) for v in records[key]]
+    try:
+        return ["" if v is None else str(v) for v in records[key]]
+    except UnicodeDecodeError as exc:
+        problem = hub.file_problem(spec) if spec is not None else None
+        raise ConfigError(f"hf-lm: {what}: {problem or f'column {key!r} is not UTF-8 text ({exc})'}") from None
 
 
 # -- byte-level tokenizer -------------------------------------------------------------

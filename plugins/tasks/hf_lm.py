@@ -50,9 +50,11 @@ format; ``question_key``, ``answer_key``) turn the task into an unlearning task 
 with the pad id (the loss ignores pad labels), ``example_id`` is the row index, and
 ``answer_mask`` marks the answer tokens. ``data`` then only gives the held-out text.
 
-Offline. Nothing is downloaded: models and tokenizers load with ``local_files_only`` and
-datasets in offline mode, so a Hub id works only when it is already in the local Hugging
-Face cache. Anything missing stops the run before training with one message naming it.
+Hub. ``model``, ``config``, ``tokenizer`` and the ``datasets`` arguments take local paths or Hub
+ids; an id is loaded from the local Hugging Face cache or downloaded, as ``transformers`` and
+``datasets`` do (:mod:`collapsekit.plugins.tasks.hub`). Offline (``HF_HUB_OFFLINE=1``, or an
+endpoint that does not answer) only the cache is used; anything that cannot be had stops the
+run before training with one message naming it and how to provide it.
 
 Metrics: ``heldout_nll`` (nats per token), ``heldout_ppl``, ``heldout_bpb`` (total held-out NLL
 in bits / UTF-8 bytes of the decoded held-out blocks), ``effective_rank`` (mean-pooled last
@@ -88,6 +90,8 @@ from collapsekit.plugins.sampling import sample_tokens
 from collapsekit.plugins.vllm_backend import VLLMBackend, save_for_engine
 from collapsekit.plugins.tasks.hf_data import (byte_tokenizer, carve, column, load_hf, load_records, pack_blocks,
                                               quiet_transformers)
+from collapsekit.plugins.tasks.hf_models import (check_causal, check_causal_lm_class, check_lora_targets,
+                                                check_trainable_dtype)
 from collapsekit.pool import REAL, Pool
 from collapsekit.task import QUICK, Task
 
@@ -231,6 +235,12 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         self.generation = self._generation(generation)
         self.question_key, self.answer_key = question_key, answer_key
         self._load_architecture(model, config, tokenizer)
+        self.source_name = f"the model {model!r}" if model is not None else "the config"
+        check_causal_lm_class(self.model_config, self.source_name)
+        check_trainable_dtype(self.dtype, self.lora)
+        if self.lora is not None:
+            check_lora_targets(self.model_config, self.lora, self.source_name)
+        self.causal_checked = False                     # the first built model is probed once (build_model)
         self._check_sizes(block_size, max_blocks, max_heldout_blocks, eval_batch_size, prompt)
         self.block_size = block_size
         self.width = block_size + 1                     # pool row width (the QA rows' width with forget data)
@@ -394,13 +404,13 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
 
             docs = [book_text(b) for b in book_names()]
         else:
-            docs = column(load_records(self.data, "data"), self.text_key, f"data {self.data}", "text_key")
+            docs = column(load_records(self.data, "data"), self.text_key, f"data {self.data}", "text_key", self.data)
         docs = [d for d in docs if d.strip()]
         if not docs:
             raise ConfigError(f"hf-lm: the corpus {self.data or 'KJV'} holds no text in column {self.text_key!r}")
         if isinstance(self.heldout, Mapping):
             held = column(load_records(self.heldout, "heldout"), self.text_key, f"heldout {dict(self.heldout)}",
-                          "text_key")
+                          "text_key", self.heldout)
             return docs, [d for d in held if d.strip()]
         if isinstance(self.heldout, bool) or not isinstance(self.heldout, (int, float)):
             raise ConfigError(f"hf-lm: heldout must be load_dataset arguments or a share in (0, 1), "
@@ -444,8 +454,8 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         counts = []
         for spec, what in ((self.forget_spec, "forget"), (self.retain_spec, "retain")):
             records = load_records(spec, what)
-            questions = column(records, self.question_key, f"{what} {dict(spec)}", "question_key")
-            answers = column(records, self.answer_key, f"{what} {dict(spec)}", "answer_key")
+            questions = column(records, self.question_key, f"{what} {dict(spec)}", "question_key", spec)
+            answers = column(records, self.answer_key, f"{what} {dict(spec)}", "answer_key", spec)
             if not questions:
                 raise ConfigError(f"hf-lm: {what} {dict(spec)} holds no records")
             counts.append(len(questions))
@@ -504,6 +514,9 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
             model = load_hf(AutoModelForCausalLM.from_pretrained, self.model_name, "model", dtype=self.dtype)
         else:
             model = AutoModelForCausalLM.from_config(self.model_config)
+        if not self.causal_checked:
+            check_causal(model, self.vocab_size, self.context, self.source_name)
+            self.causal_checked = True
         return self._prepare(model)
 
     def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
