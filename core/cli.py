@@ -16,6 +16,7 @@ import re
 import sys
 import time
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import PREEMPTED_EXIT_CODE, CollapsekitError, ConfigError, Preempted
@@ -215,7 +216,10 @@ def cmd_run(argv: Sequence[str]) -> int:
     _print_table(results, headline)
     try:
         from .bench.report import report
-        plots = report(run.dir)
+        from .fileio import writing
+
+        with writing(run.dir / "plots"):
+            plots = report(run.dir)
         if plots:
             print(f"plots: {', '.join(str(p) for p in plots)}")
     except ImportError:
@@ -388,8 +392,11 @@ def cmd_report(argv: Sequence[str]) -> int:
     p.add_argument("--out", default=None, help="folder for the comparison of several runs (default: compare)")
     args = p.parse_args(argv)
     from .bench.report import report
+    from .fileio import writing
 
-    for path in report(*args.path, out=args.out):
+    with writing(Path(args.out or args.path[0])):
+        written = report(*args.path, out=args.out)
+    for path in written:
         print(path)
     return 0
 
@@ -399,8 +406,6 @@ def cmd_new_plugin(argv: Sequence[str]) -> int:
     p.add_argument("name")
     p.add_argument("--dest", default=".", help="folder in which collapsekit-NAME/ is created")
     args = p.parse_args(argv)
-    from pathlib import Path
-
     from .template import create_plugin
 
     path = create_plugin(args.name, Path(args.dest))

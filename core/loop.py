@@ -8,6 +8,7 @@ seed derives from ``(run seed, generation, role)`` and every input is on disk.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from typing import Any, Callable
 
@@ -18,9 +19,11 @@ from .capabilities import check_requirements
 from .contracts import as_float
 from .distributed import barrier, process_rank, world
 from .errors import CollapsekitError, Preempted
-from .fileio import atomic_write_bytes, atomic_write_json
+from .fileio import atomic_write_bytes, atomic_write_json, writing
+from .fingerprint import check_or_record
 from .pool import Pool
 from .run import Run
+from .runlock import hold
 from .seeds import derive_seed
 
 TrainerFactory = Callable[[int, Any], Any]
@@ -40,6 +43,7 @@ def start(run: Run) -> None:
     real = run.task.real_pool()
     if len(real) == 0:
         raise CollapsekitError(f"task {run.task.name!r} produced an empty real dataset; check its size settings")
+    check_or_record(run)
     run.samples_per_generation = run.config.samples_per_generation or len(real)
     run.synthesis_total = math.ceil(round(run.samples_per_generation * run.hooks.oversample(), 6))
     run.freeze()
@@ -187,7 +191,8 @@ def run_generation(run: Run, generation: int, make_trainer: TrainerFactory) -> d
     module, pool = train_generation(run, generation, make_trainer)
     model = module.model
     lead = process_rank() == 0            # the process group may exist only now
-    files = run.task.save_model(model, gen_dir) if lead else []
+    with writing(gen_dir):
+        files = run.task.save_model(model, gen_dir) if lead else []
     samples = synthesize_shards(run, model, generation)
     kept, filter_stats = filter_pool(run, samples, generation)
     if lead:
@@ -239,8 +244,17 @@ def execute(run: Run, make_trainer: TrainerFactory, on_generation: Callable[[int
     """Run all generations, resuming after the last finished one; return every generation's metrics.
 
     ``on_generation(generation, metrics, resumed)`` is called after each generation
-    (``resumed`` is True for generations read back from disk).
+    (``resumed`` is True for generations read back from disk). The launching process holds the run
+    directory's lock throughout (:mod:`collapsekit.runlock`): a second process is refused.
     """
+    with hold(run.dir, run.is_lead) as note:
+        if note is not None:
+            print(f"collapsekit: note: {note}", file=sys.stderr, flush=True)
+        return _all_generations(run, make_trainer, on_generation)
+
+
+def _all_generations(run: Run, make_trainer: TrainerFactory,
+                     on_generation: Callable[[int, dict, bool], None] | None) -> list[dict[str, float]]:
     start(run)
     done = run.finished()
     results = []

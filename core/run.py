@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -255,7 +256,12 @@ class Run:
 
     # -- start-up checks --------------------------------------------------------
     def prepare_directory(self) -> None:
-        """Create the run directory, or check that an existing one was made by the same config."""
+        """Create the run directory, or check that an existing one was made by the same config.
+
+        Another config is refused unless ``run.overwrite`` (then everything but the lock is deleted);
+        a start that finished no generation and saved no step checkpoint is simply started over.
+        The caller holds the directory's lock (:mod:`collapsekit.runlock`).
+        """
         saved = self.dir / "config.yaml"
         if saved.is_file():
             try:
@@ -263,13 +269,17 @@ class Run:
             except yaml.YAMLError:
                 old = {}
             diff = config_differences(old, self.config_dict)
-            if diff and not self.config.overwrite:
-                shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:8])
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:8])
+            started = self.finished() > 0 or any(self.dir.glob("gen_*/checkpoints/latest.json"))
+            if diff and started and not self.config.overwrite:
                 raise RunStateError(
                     f"run directory {self.dir} was made by a different config ({shown}). "
                     f"Use a new run.name, or pass --run.overwrite true to delete it and start over.")
             if diff and self.is_lead:
-                shutil.rmtree(self.dir)
+                if not started and not self.config.overwrite:
+                    print(f"collapsekit: note: {self.dir} held a start of another config that finished no "
+                          f"generation ({shown}); starting over", file=sys.stderr, flush=True)
+                clear_directory(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.is_lead:
             atomic_write_bytes(saved, yaml.safe_dump(self.config_dict, sort_keys=True).encode())
@@ -301,6 +311,19 @@ class Run:
     def write_manifest(self, generation: int, files: list[str]) -> None:
         gen_dir = self.gen_dir(generation)
         atomic_write_json(gen_dir / "manifest.json", {f: sha256_file(gen_dir / f) for f in sorted(files)})
+
+
+def clear_directory(run_dir: Path) -> None:
+    """Delete everything in ``run_dir`` except its lock file (held by this process)."""
+    from .runlock import LOCK_FILE
+
+    for entry in Path(run_dir).iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def config_differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:

@@ -138,6 +138,13 @@ class Task:
         """The real training data, as a pool with generation ``REAL``."""
         raise NotImplementedError
 
+    def real_arrays(self) -> Mapping[str, np.ndarray]:
+        """Every array of real data :meth:`setup` built (training and held-out), by name. The engine
+        records their SHA-256 in the run (``data.json``) and refuses to resume on other data, e.g. a
+        corpus edited in place. Default: the real pool's arrays; tasks that read data from files
+        add their held-out arrays."""
+        return dict(self.real_pool().arrays)
+
     def dataloader(self, pool: Pool, shuffle: bool, seed: int) -> DataLoader:
         """Batches of ``pool``; shuffling draws from a generator seeded with ``seed``."""
         if len(pool) == 0:

@@ -197,3 +197,25 @@ def run_gloo_processes(worker, world: int, *args, timeout: float = 60) -> list:
 def gloo_processes():
     """:func:`run_gloo_processes`: a function run in real spawned processes joined by a gloo process group."""
     return run_gloo_processes
+
+
+@pytest.fixture
+def file_size_limit():
+    """``with file_size_limit(n):`` files of this process cannot grow past ``n`` bytes (``RLIMIT_FSIZE``;
+    writes fail with a real ``OSError`` EFBIG, as on a full disk with ENOSPC); restored afterwards."""
+    import contextlib
+    import resource
+    import signal
+
+    @contextlib.contextmanager
+    def limit(n: int):
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+
+    return limit

@@ -472,6 +472,10 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         self.forget_ids = np.arange(counts[0])
         self.retain_ids = np.arange(counts[0], len(rows))
 
+    def real_arrays(self) -> dict[str, np.ndarray]:
+        """The real pool's arrays and the held-out blocks (the run's data fingerprint)."""
+        return {**self.real_pool().arrays, "heldout_tokens": self.heldout_tokens}
+
     def real_pool(self) -> Pool:
         arrays = {"tokens": self.train_tokens}
         if self.forget_spec is not None:

@@ -240,6 +240,9 @@ def file_problem(spec: Mapping[str, Any]) -> str | None:
     when nothing is found."""
     files = local_files(spec)
     builder = str(spec.get("path", ""))
+    folder = Path(str(spec.get("data_dir") or spec.get("path") or "")).expanduser()
+    if not files and folder.is_dir():
+        return f"the folder {folder} holds no files (empty folder?); point it at a folder of data files"
     for path in files:
         if not path.is_file():
             return f"{path} does not exist"

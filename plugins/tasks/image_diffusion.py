@@ -5,7 +5,9 @@ with one sub-folder per class (``data: {path: imagefolder, data_dir: DIR}``) -- 
 1797 8x8 scikit-learn digits. Images are resized (shorter side) and centre-cropped to
 ``resolution``, scaled to [-1, 1] and held in pools as float32 arrays ``image [N, C, H, W]`` with
 int64 ``label [N]`` (all 0 for unconditional data); ``C`` is 1 for mode ``L`` and 3 for ``RGB``.
-The real data are split into training and held-out items by a permutation drawn from the task seed.
+The real data are split into training and held-out items by a permutation drawn from the task seed
+(by default a fifth held out, the rest for training). A local folder is read without network access
+or progress bars; every image is decoded on its own, so a file that cannot be read is named.
 
 Model: ``model: unet`` is a ``diffusers.UNet2DModel`` built from the ``unet`` dict (``sample_size``,
 ``in_channels``/``out_channels`` and, for labelled data, ``num_class_embeds = num_classes + 1``
@@ -105,51 +107,71 @@ def to_array(image: Any, resolution: int | None) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def check_images(images: list, image_key: str) -> int:
-    """Raise unless every image has the same mode (``L`` or ``RGB``) and size; return the channel count."""
-    if not images:
+def open_image(item: Any, where: str) -> Any:
+    """A decoded PIL image of a dataset item (a PIL image, or ``{"bytes", "path"}`` of an undecoded
+    ``datasets.Image`` column); a file that cannot be decoded is one error naming it."""
+    import io
+
+    from PIL import Image
+
+    if not isinstance(item, Mapping):
+        return item
+    try:
+        image = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for a bad file; each becomes one message
+        raise _error(f"cannot read the image {where} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                     "replace or delete that file") from None
+    return image
+
+
+def read_images(column: Any, image_key: str, resolution: int | None) -> tuple[np.ndarray, int]:
+    """``(float32 [N, C, R, R] in [-1, 1], channels)`` of a dataset's image column, decoded one by one
+    (a file that cannot be read is named). Every image must have the mode (``L`` or ``RGB``) of the
+    first; with ``resolution`` each is resized and centre-cropped, without it all must share one size."""
+    arrays: list[np.ndarray] = []
+    first: tuple[str, str, tuple[int, int]] | None = None
+    for i, item in enumerate(column):
+        where = str(item.get("path") or f"item {i} of {image_key!r}") if isinstance(item, Mapping) \
+            else f"item {i} of {image_key!r}"
+        image = open_image(item, where)
+        if first is None:
+            first = (where, image.mode, image.size)
+            if image.mode not in MODES:
+                raise _error(f"image mode {image.mode!r} ({where}) is not supported; convert the images to "
+                             f"{' or '.join(MODES)}, e.g. with PIL's Image.convert")
+        elif image.mode != first[1]:
+            raise _error(f"the images have mixed modes: {first[0]} is {first[1]}, {where} is {image.mode}; "
+                         f"convert them all to one mode ({' or '.join(MODES)}), e.g. with PIL's Image.convert")
+        elif resolution is None and image.size != first[2]:
+            raise _error(f"the images have mixed sizes: {first[0]} is {first[2][0]}x{first[2][1]}, {where} is "
+                         f"{image.size[0]}x{image.size[1]}; set resolution to resize and centre-crop them")
+        arrays.append(to_array(image, resolution))
+    if first is None:
         raise _error("the dataset holds no images (empty folder?); point data at a folder of images")
-    modes = sorted({im.mode for im in images})
-    sizes = sorted({im.size for im in images})
-    if len(modes) > 1:
-        raise _error(f"the images in {image_key!r} have mixed modes {modes}; convert them all to one mode "
-                     f"({' or '.join(MODES)}), e.g. with PIL's Image.convert")
-    if modes[0] not in MODES:
-        raise _error(f"image mode {modes[0]!r} is not supported; convert the images to {' or '.join(MODES)}")
-    if len(sizes) > 1:
-        shown = ", ".join(f"{w}x{h}" for w, h in sizes[:4])
-        raise _error(f"the images have mixed sizes ({shown}{', ...' if len(sizes) > 4 else ''}); resize them "
-                     "to one size first")
-    return MODES[modes[0]]
+    return np.stack(arrays).astype(np.float32), MODES[first[1]]
 
 
 def load_dataset_images(data: Mapping[str, Any], image_key: str, label_key: str | None,
-                        resolution: int | None, split: str | None = None
-                        ) -> tuple[np.ndarray, np.ndarray, int]:
+                        resolution: int | None) -> tuple[np.ndarray, np.ndarray, int]:
     """``(images float32 [N, C, R, R] in [-1, 1], labels int64 [N], num_classes)`` of a ``datasets`` dataset
-    (``num_classes`` is 0 and labels are 0 when ``label_key`` is None)."""
+    (``num_classes`` is 0 and labels are 0 when ``label_key`` is None). ``data`` are ``load_dataset``
+    arguments (with an optional ``split``): local files, or a Hub dataset from the cache or the Hub
+    (:func:`collapsekit.plugins.tasks.hub.load_dataset`)."""
     import datasets
 
-    try:
-        loaded = datasets.load_dataset(**dict(data))
-    except datasets.exceptions.DataFilesNotFoundError as exc:
-        raise _error(f"no images found for data={dict(data)} ({exc}); is the folder empty?") from None
-    except FileNotFoundError as exc:
-        raise _error(f"cannot load data={dict(data)}: {exc}") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        names = list(loaded)
-        if split is None and len(names) > 1 and "train" not in names:
-            raise _error(f"the dataset has splits {names}; add split: NAME to data")
-        loaded = loaded[split or ("train" if "train" in names else names[0])]
+    from collapsekit.plugins.tasks.hub import load_dataset
+
+    loaded = load_dataset(data, "data", "image-diffusion")
     columns = list(loaded.column_names)
     if image_key not in columns:
         raise _error(f"image_key {image_key!r} is not a column of the data (columns: {columns})")
     if label_key is not None and label_key not in columns:
         raise _error(f"label_key {label_key!r} is not a column of the data (columns: {columns}); "
                      "set label_key: null to train an unconditional model")
-    images = list(loaded[image_key])
-    check_images(images, image_key)
-    arrays = np.stack([to_array(im, resolution) for im in images]).astype(np.float32)
+    if isinstance(loaded.features[image_key], datasets.Image):        # decoded here, one file at a time
+        loaded = loaded.cast_column(image_key, datasets.Image(decode=False))
+    arrays, _ = read_images(loaded[image_key], image_key, resolution)
     if label_key is None:
         return arrays, np.zeros(len(arrays), dtype=np.int64), 0
     labels = np.asarray(loaded[label_key])
@@ -176,9 +198,7 @@ def _load_cached(data_json: str, image_key: str, label_key: str | None, resoluti
     data = json.loads(data_json)
     if data is None:
         return load_digits_as_images(resolution)
-    data = dict(data)
-    split = data.pop("split", None)
-    return load_dataset_images(data, image_key, label_key, resolution, split)
+    return load_dataset_images(dict(data), image_key, label_key, resolution)
 
 
 def split_indices(n: int, train_size: int | None, heldout_size: int | float, seed: int
@@ -303,8 +323,8 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures)
             ``{path: imagefolder, data_dir: DIR}``; ``null``: the 8x8 scikit-learn digits.
         image_key, label_key: dataset columns of the image and its class (``label_key: null``: unconditional).
         resolution: image side after resize + centre crop (``null``: native size, must be square).
-        train_size, heldout_size: real training items (``null``: all not held out) and held-out items
-            (a count, or a share when a float in (0, 1)).
+        train_size, heldout_size: real training items (``null``, the default: all not held out) and
+            held-out items (a count, or a share when a float in (0, 1); default 0.2).
         model: ``unet`` (diffusers ``UNet2DModel``) or ``mlp`` (digits-diffusion's MLP denoiser).
         unet: ``UNet2DModel`` config overrides of :data:`SMALL_UNET` (``sample_size``, channels and
             ``num_class_embeds`` default to the data's).
@@ -362,8 +382,8 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures)
     image folder)."""
 
     def __init__(self, data: Mapping[str, Any] | None = None, image_key: str = "image",
-                 label_key: str | None = "label", resolution: int | None = 8, train_size: int | None = 1000,
-                 heldout_size: int | float = 500, model: str = "unet", unet: Mapping[str, Any] | None = None,
+                 label_key: str | None = "label", resolution: int | None = 8, train_size: int | None = None,
+                 heldout_size: int | float = 0.2, model: str = "unet", unet: Mapping[str, Any] | None = None,
                  mlp: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
                  sampler: str = "ddpm", num_inference_steps: int = 50, label_dropout: float = 0.1,
                  encode_t: int = 10, eval_samples: int = 500, evaluator_hidden: int = 64,
@@ -437,6 +457,12 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures)
     def null_label(self) -> int:
         """Label id of the null (unconditional) class: ``num_classes`` (0 for unlabelled data)."""
         return int(self.num_classes or 0)
+
+    def real_arrays(self) -> dict[str, np.ndarray]:
+        """The real pool's arrays and the held-out images and labels (the run's data fingerprint)."""
+        self._require_setup()
+        return {"image": self.train_x, "label": self.train_y, "heldout_image": self.heldout_x,
+                "heldout_label": self.heldout_y}
 
     def real_pool(self) -> Pool:
         self._require_setup()

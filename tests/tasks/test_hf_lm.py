@@ -309,7 +309,8 @@ def test_errors_are_one_clear_message(assets, tmp_path, monkeypatch):
         (dict(text_key="text"), r"no column 'text' \(set text_key\); its columns are \['body'\]"),
         (dict(data=empty), "holds no text"),
         (dict(data=short, heldout=short), "less than one block of block_size=16"),
-        (dict(data={"path": "wikitext", "name": "wikitext-2-raw-v1"}), "cannot load data .*wikitext.* offline"),
+        (dict(data={"path": "wikitext", "name": "wikitext-2-raw-v1"}),
+         "cannot load data .*wikitext.*: HF_HUB_OFFLINE=1 is set and it is not in the local datasets cache"),
     ]
     for extra, message in setup_cases:
         with pytest.raises(ConfigError, match=message):
@@ -323,10 +324,168 @@ def test_cli_stops_before_training_without_traceback(cli, tmp_path, assets):
     code, _, err = cli("run", "--config", path)
     assert code == 2 and "no column 'content'" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "bad" / "gen_0" / "done").exists()
-    shumailov = CONFIGS / "papers" / "shumailov2024.yaml"
-    code, _, err = cli("run", "--config", shumailov, "--run.root", str(tmp_path / "runs"))
-    assert code == 2 and "cannot load the model 'facebook/opt-125m'" in err and "hf download" in err
-    assert "Traceback" not in err and "Union" not in err and len(err.splitlines()) == 1
+
+
+# -- the Hub: fetched by id, one line when it cannot be --------------------------------------------------------
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_paper_config_with_an_unreachable_hub_is_one_line(tmp_path):
+    """`HF_ENDPOINT` on a closed local port, as a user without network meets the paper configs: the endpoint
+    is tried once, then only the cache, and the run stops with one line (the libraries alone log a retry
+    warning per attempt and retry for about 40 s per file)."""
+    import os
+    import subprocess
+    import sys
+
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf-home"))
+    proc = subprocess.run([sys.executable, "-m", "collapsekit.cli", "run", "--config",
+                           str(CONFIGS / "papers" / "shumailov2024.yaml"), "--run.root", str(tmp_path / "runs")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert f"cannot load the model 'facebook/opt-125m': the Hub endpoint {endpoint} could not be reached" in err
+    assert "Connection refused" in err and "hf download facebook/opt-125m" in err and "save_pretrained" in err
+    assert "Retry" not in proc.stdout + proc.stderr
+
+
+def test_offline_variables_give_one_line_naming_them(assets, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"cannot load the tokenizer 'no-org/tok': HF_DATASETS_OFFLINE=1 is set "
+                                          r"and it is not in the local Hugging Face cache; download it once .*"
+                                          r"`hf download no-org/tok`"):
+        HFCausalLM(**task_args(assets, tokenizer="no-org/tok"))
+
+
+def test_silent_endpoint_costs_one_timeout(assets, monkeypatch):
+    """An endpoint that accepts connections and never answers: one request, cut at HF_HUB_ETAG_TIMEOUT."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    from collapsekit.plugins.tasks import hub
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)                                    # the kernel accepts; nobody ever answers
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        hub._unreachable.cache_clear()
+        started = time.time()
+        with pytest.raises(ConfigError, match=r"cannot load data .*no-org/no-data.*could not be reached \(no answer "
+                                              r"within 1 s \(HF_HUB_ETAG_TIMEOUT\)\) and it is not in the local "
+                                              r"datasets cache"):
+            HFCausalLM(**task_args(assets, data={"path": "no-org/no-data"})).setup(0)
+        assert time.time() - started < 30
+    hub._unreachable.cache_clear()
+
+
+# -- models that must not train ---------------------------------------------------------------------------------
+def test_encoder_only_model_is_refused_and_a_decoder_bert_is_not(assets, tmp_path):
+    from transformers import BertConfig, BertLMHeadModel
+
+    settings = dict(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32, max_position_embeddings=64)
+    for name, is_decoder in (("encoder", False), ("decoder", True)):
+        torch.manual_seed(0)
+        BertLMHeadModel(BertConfig(is_decoder=is_decoder, **settings)).save_pretrained(tmp_path / name)
+    task = HFCausalLM(**task_args(assets, model=str(tmp_path / "encoder"), tokenizer=str(assets / "tokenizer")))
+    with pytest.raises(ConfigError, match=r"'.*encoder' \(BertLMHeadModel, is_decoder: false\) is not a causal "
+                                          r"language model: its prediction for a position changes with the tokens "
+                                          r"after it"):
+        task.build_model()
+    decoder = HFCausalLM(**task_args(assets, model=str(tmp_path / "decoder"), tokenizer=str(assets / "tokenizer")))
+    assert decoder.build_model().training                       # causal attention: accepted
+    with pytest.raises(ConfigError, match="the config .*is not a causal language model"):
+        HFCausalLM(config={"model_type": "bert", **settings}, block_size=16).build_model()
+    with pytest.raises(ConfigError, match=r"model_type 't5'\) is an encoder-decoder language model: transformers has "
+                                          r"no AutoModelForCausalLM class"):
+        HFCausalLM(config={"model_type": "t5", "d_model": 16, "num_layers": 1, "num_heads": 2, "d_ff": 32,
+                           "d_kv": 8}, block_size=16)
+
+
+def test_float16_full_training_is_refused_with_the_real_cause(assets):
+    with pytest.raises(ConfigError, match=r"torch_dtype float16 trains float16 weights with AdamW, whose eps \(1e-8\) "
+                                          r"and small squared gradients underflow to 0 .* use torch_dtype bfloat16"):
+        HFCausalLM(**task_args(assets, torch_dtype="float16"))
+    # the cause as stated: one AdamW step on float16 weights with small gradients writes inf/NaN
+    weight = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
+    weight.grad = torch.tensor([1e-5, 0.0, 1.0], dtype=torch.float16)
+    torch.optim.AdamW([weight], lr=1e-3).step()
+    assert not torch.isfinite(weight[:2]).any() and torch.isfinite(weight[2])
+    lora = HFCausalLM(**task_args(assets, torch_dtype="float16", lora={"r": 2, "target_modules": ["c_attn"]}))
+    assert lora.dtype == torch.float16                          # float16 base + float32 adapters is accepted
+
+
+def test_unknown_lora_target_names_the_missing_and_the_available(assets):
+    with pytest.raises(ConfigError, match=r"lora.target_modules \['q_proj', 'v_proj'\] name no layer of the model "
+                                          r"'.*gpt2'; its adaptable layers are named c_attn, c_fc, c_proj, lm_head, "
+                                          r"wpe, wte \(or use target_modules: all-linear\)"):
+        HFCausalLM(**task_args(assets, lora={"r": 2, "target_modules": ["c_attn", "q_proj", "v_proj"]}))
+
+
+# -- data files ----------------------------------------------------------------------------------------------------
+DATA_FILES = {
+    "empty": (b"", r"empty\.jsonl holds no records \(empty or only whitespace\)"),
+    "blank": (b"  \n\n \n", r"blank\.jsonl holds no records \(empty or only whitespace\)"),
+    "broken": (b'{"body": "a"}\n{"body": "b"\n', r"broken\.jsonl line 2 is not valid JSON \(Expecting ',' "
+                                                  r"delimiter, column 1\)"),
+    "latin1": ('{"body": "café au lait"}\n'.encode("latin-1"), r"latin1\.jsonl is not UTF-8 text \(byte 0xe9 on "
+                                                                r"line 1\); re-encode it as UTF-8"),
+    "missing": (None, r"missing\.jsonl does not exist"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATA_FILES))
+def test_bad_data_file_is_named_in_one_line(assets, tmp_path, name):
+    content, message = DATA_FILES[name]
+    path = tmp_path / f"{name}.jsonl"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"^hf-lm: data.*: .*" + message) as raised:
+        HFCausalLM(**task_args(assets, data={"path": "json", "data_files": str(path)})).setup(0)
+    assert "\n" not in str(raised.value) and "download" not in str(raised.value)
+
+
+def test_corpus_edited_in_place_is_detected_on_resume(cli, tmp_path, assets):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes((assets / "corpus.jsonl").read_bytes())
+    args = task_args(assets, data={"path": "json", "data_files": str(corpus)})
+    run_dir = run(cli, tmp_path, run_config(tmp_path / "runs", "edited", args, generations=1))
+    recorded = json.loads((run_dir / "data.json").read_text())
+    assert set(recorded["arrays"]) == {"tokens", "heldout_tokens"}
+    lines = corpus.read_text().splitlines()
+    corpus.write_text("\n".join(lines[:-1] + [lines[-1].replace("the", "a")]) + "\n")     # the last document edited
+    config = run_config(tmp_path / "runs", "edited", args, generations=2)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, _, err = cli("run", "--config", path)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"the real data of task 'hf-lm' differ from those run {run_dir} started with" in err
+    assert "a data file changed since" in err and not (run_dir / "gen_1").exists()
+
+
+def test_disk_full_while_saving_the_model_is_one_line(cli, tmp_path, assets, file_size_limit):
+    config = run_config(tmp_path / "runs", "full", task_args(assets), generations=1)
+    path = tmp_path / "full.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with file_size_limit(20_000):                   # the tiny GPT-2's safetensors file is larger
+        code, _, err = cli("run", "--config", path)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "could not write" in err and "gen_0: File too large" in err and "re-run the same command" in err
+    assert not (tmp_path / "runs" / "full" / "gen_0" / "done").exists()
 
 
 def test_bench_smoke_preset_runs(tmp_path):

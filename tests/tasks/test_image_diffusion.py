@@ -234,16 +234,12 @@ def _setup(**args):
 
 
 def test_data_errors_are_clear(tmp_path):
-    mixed_size = write_folder(tmp_path / "sizes", per_class=3)
-    Image.new("L", (9, 9)).save(mixed_size / "0" / "odd.png")
-    with pytest.raises(CollapsekitError, match="mixed sizes"):
-        _setup(data={"path": "imagefolder", "data_dir": str(mixed_size)}, train_size=20, heldout_size=5)
     mixed_mode = write_folder(tmp_path / "modes", per_class=3)
     Image.new("RGB", (8, 8)).save(mixed_mode / "0" / "odd.png")
-    with pytest.raises(CollapsekitError, match="mixed modes"):
+    with pytest.raises(CollapsekitError, match=r"mixed modes: .*\.png is L, .*odd\.png is RGB"):
         _setup(data={"path": "imagefolder", "data_dir": str(mixed_mode)}, train_size=20, heldout_size=5)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CollapsekitError, match="empty"):
+    with pytest.raises(CollapsekitError, match="holds no files \\(empty folder\\?\\)"):
         _setup(data={"path": "imagefolder", "data_dir": str(tmp_path / "empty")})
     ok = write_folder(tmp_path / "ok", per_class=3)
     with pytest.raises(CollapsekitError, match="label_key 'class' is not a column"):
@@ -307,3 +303,35 @@ def test_presets_and_configs():
         assert config["task"]["class_path"] == "collapsekit.plugins.tasks.image_diffusion.ImageDiffusion"
         assert {"name", "generations", "plugins"} <= set(config["run"])
         ImageDiffusion(**config["task"]["init_args"])
+
+
+def test_mixed_sizes_are_resized_when_resolution_is_set(tmp_path):
+    folder = write_folder(tmp_path / "sizes", per_class=3)
+    Image.new("L", (12, 12), color=255).save(folder / "0" / "odd.png")
+    task = ImageDiffusion(**tiny(data={"path": "imagefolder", "data_dir": str(folder)}, resolution=8,
+                                 train_size=20, heldout_size=11, evaluator_steps=0))
+    task.setup(0)
+    images = np.concatenate([task.train_x, task.heldout_x])
+    assert images.shape == (31, 1, 8, 8) and (images == 1.0).all(axis=(1, 2, 3)).sum() == 1   # the white 12x12
+    with pytest.raises(CollapsekitError, match=r"mixed sizes: .*\.png is 8x8, .*odd\.png is 12x12; set resolution"):
+        _setup(data={"path": "imagefolder", "data_dir": str(folder)}, resolution=None, train_size=20, heldout_size=5)
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    folder = write_folder(tmp_path / "corrupt", per_class=2)
+    (folder / "4" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(CollapsekitError, match=r"^image-diffusion: cannot read the image .*4/broken\.png "
+                                               r"\(UnidentifiedImageError: .*\); replace or delete that file$"):
+        _setup(data={"path": "imagefolder", "data_dir": str(folder)}, train_size=10, heldout_size=5)
+
+
+def test_the_defaults_fit_a_300_image_folder_quietly(tmp_path, capfd):
+    """Held-out share 0.2 and the rest for training; a local folder shows no download bars."""
+    folder = write_folder(tmp_path / "three_hundred", per_class=30)
+    capfd.readouterr()
+    task = ImageDiffusion(data={"path": "imagefolder", "data_dir": str(folder)}, evaluator_steps=0)
+    task.setup(0)
+    assert (len(task.train_x), len(task.heldout_x)) == (240, 60)
+    assert not set(task.train_index) & set(task.heldout_index)
+    shown = capfd.readouterr()
+    assert "Downloading" not in shown.err + shown.out and "Generating" not in shown.err + shown.out
