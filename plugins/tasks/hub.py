@@ -100,11 +100,11 @@ def load_pretrained(loader: Callable[..., Any], name: str, what: str, owner: str
 
     Raises one ConfigError (prefixed ``owner:``) naming ``what`` when it cannot be loaded.
     """
-    local = is_local(name)
-    offline = None if local or looks_like_path(name) else offline_reason()
+    fetch = not is_local(name) and not looks_like_path(name)       # a Hub id
+    offline = offline_reason() if fetch else None
     try:
-        with _hub_progress(not local and offline is None):
-            return loader(name, local_files_only=local or offline is not None, **kwargs)
+        with _hub_progress(fetch and offline is None):
+            return loader(name, local_files_only=not fetch or offline is not None, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(pretrained_error(name, what, owner, exc, offline)) from None
 
