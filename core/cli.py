@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 from .errors import PREEMPTED_EXIT_CODE, CollapsekitError, ConfigError, Preempted
 from .quiet import silence_lightning
+from .runparser import build_run_parser, load_task_classes  # noqa: F401 - part of this module's API
+from .runparser import instantiate as _instantiate
 
 USAGE = """usage: collapsekit COMMAND [options]
 
@@ -30,53 +32,14 @@ commands:
   plugins     list discovered plugins                  (--verbose for hooks, requirements, source)
   tasks       list discovered benchmark tasks
   hooks       print the hook reference                 (--markdown for the README table)
-  bench       run the shared benchmark suite           (--preset smoke|cpu|gpu|gpu-quick, --perf)
+  bench       run the shared benchmark suite           (--preset smoke|cpu|gpu|gpu-quick, --config RUN.yaml, --perf)
   report      redraw the plots of a run or bench directory; compare several runs (paired by seed)
   new-plugin  write a ready plugin distribution from the template
 
 `collapsekit COMMAND --help` shows each command's options."""
 
 
-def load_task_classes() -> dict[str, Any]:
-    """Import every task entry point (group ``collapsekit.tasks``); failures are reported, not raised."""
-    from .registry import TASK_GROUP, discover
-
-    tasks = discover(TASK_GROUP)
-    for info in tasks.values():
-        if info.error:
-            print(f"collapsekit: warning: task {info.name!r} from {info.distribution} failed to import: "
-                  f"{info.error}", file=sys.stderr)
-    return {name: info.target for name, info in tasks.items() if not info.error}
-
-
 # -- run -------------------------------------------------------------------------
-def build_run_parser():
-    """The jsonargparse parser of ``collapsekit run``: ``run:``, ``task:`` and ``trainer:``."""
-    from jsonargparse import ActionConfigFile
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.cli import LightningArgumentParser
-
-    from .run import RunConfig
-    from .task import Task
-
-    load_task_classes()
-    parser = LightningArgumentParser(
-        prog="collapsekit run", exit_on_error=False,
-        description="Train generations of a task on its own synthetic data, with plugins. "
-                    "Every config value can be overridden, e.g. --run.generations 5 --trainer.max_steps 100.")
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (run:, task:, trainer:)")
-    parser.add_class_arguments(RunConfig, "run", instantiate=True)
-    parser.add_subclass_arguments(Task, "task", required=True)
-    parser.add_lightning_class_args(Trainer, "trainer")
-    return parser
-
-
-def _instantiate(parser, cfg):
-    """``parser.instantiate`` (jsonargparse >= 4.49) or its older name ``instantiate_classes``."""
-    method = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    return method(cfg)
-
-
 def _known_keys(parser) -> list[str]:
     keys = []
     for action in parser._actions:  # noqa: SLF001 - jsonargparse exposes no public key list
@@ -161,6 +124,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     from .loop import execute, trainer_factory
     from .progress import GenerationProgressBar
     from .run import Run
+    from .threads import describe as describe_threads, resolve_threads
 
     silence_lightning()
     if not argv:
@@ -197,7 +161,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         print(f"collapsekit run {run_config.name!r}: task {task.name}, {run_config.generations} generations, "
               f"plugins {hooks.implementers('compose_pool')[0]}/{hooks.implementers('synthesize')[0]}"
               f"{' + ' + ', '.join(run_config.plugin_names()) if run_config.plugins else ''}, "
-              f"dir {run.dir}", flush=True)
+              f"dir {run.dir}, {describe_threads(*resolve_threads(run_config.threads))}", flush=True)
 
     def on_generation(generation: int, metrics: dict, resumed: bool) -> None:
         if tracking is not None:
@@ -336,28 +300,76 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1"`` -> ``[0, 1]``; ``"0-4"`` -> ``[0, 1, 2, 3, 4]``; both may be mixed (``"0-2,7"``)."""
+    seeds: list[int] = []
+    for part in (x.strip() for x in text.split(",")):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        try:
+            seeds += list(range(int(m.group(1)), int(m.group(2)) + 1)) if m else [int(part)]
+        except ValueError:
+            raise ConfigError(f"--seeds must be integers or ranges separated by commas (e.g. 0,1 or 0-4), "
+                              f"got {text!r}") from None
+        if m and int(m.group(2)) < int(m.group(1)):
+            raise ConfigError(f"--seeds: the range {part!r} is empty; write it low-high, e.g. 0-4")
+    if not seeds:
+        raise ConfigError(f"--seeds names no seed: {text!r}")
+    return list(dict.fromkeys(seeds))
+
+
+RUN_OPTION_PREFIXES = ("--run.", "--task.", "--trainer.")
+
+
 def cmd_bench(argv: Sequence[str]) -> int:
     from .bench.runner import GPU_PRESETS, PRESETS
 
-    p = argparse.ArgumentParser(prog="collapsekit bench", description="Run the shared benchmark suite.")
+    p = argparse.ArgumentParser(
+        prog="collapsekit bench", description="Run the shared benchmark suite (--preset), or methods x seeds on your "
+        "own run config (--config RUN.yaml; --run.*, --task.*, --trainer.* options override it as in `collapsekit run`).")
     p.add_argument("--preset", choices=PRESETS, default="cpu",
                    help="smoke (seconds), cpu (the committed CPU tables), gpu (full), gpu-quick (a GPU slice "
                         "of minutes: gpu sizes, cut budgets, bf16, one seed)")
+    p.add_argument("--config", metavar="RUN.yaml",
+                   help="benchmark your own run config (the file `collapsekit run --config` takes) instead of the "
+                        "presets: each cell is it with one method's plugins added and one seed")
     p.add_argument("--tasks", help="comma-separated task names (default: all)")
     p.add_argument("--methods", help="comma-separated methods, combos joined by + (default: each task's)")
-    p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--seeds", help="seeds: 0,1,2 or 0-4 (default: the preset's; with --config, its run.seed)")
+    p.add_argument("--plugin-args", metavar="YAML",
+                   help='init args of the methods\' plugins: \'{"token-editing": {"threshold": 0.99}}\' (YAML/JSON, '
+                        "or a .yaml/.json file)")
+    p.add_argument("--variants", metavar="YAML",
+                   help='more method names: \'{"lf-random": {"plugin": "latent-filter", "init_args": '
+                        '{"scorer": "random"}}}\' (YAML/JSON, or a file)')
+    p.add_argument("--controls", metavar="YAML",
+                   help='compare a method with its control too, paired by seed: \'{"latent-filter": "lf-random"}\'')
     p.add_argument("--out", default="bench", help="output directory (default: bench)")
     p.add_argument("--jobs", type=int, default=None,
                    help="cells run in parallel in that many processes (default: one per CPU core for the smoke "
-                        "and cpu presets, 1 for gpu)")
+                        "and cpu presets and CPU configs, 1 for gpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of each cell (default: the config's run.threads, else $OMP_NUM_THREADS, "
+                        "else 1; presets: 1)")
+    p.add_argument("--executor", choices=("processes", "submitit"), default="processes",
+                   help="processes: this machine (default); submitit: one job per cell (SLURM, local)")
+    p.add_argument("--submitit", metavar="JSON", default=None,
+                   help='submitit AutoExecutor parameters, e.g. \'{"cluster": "slurm", "slurm_partition": "gpu", '
+                        '"gpus_per_node": 1, "timeout_min": 240, "slurm_array_parallelism": 8}\'')
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute cells that an earlier call made with another config or other versions")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell instead of recording it")
     p.add_argument("--write-configs", metavar="DIR",
                    help="write one YAML per planned cell (seed 0) into DIR instead of running")
     p.add_argument("--perf", action="store_true", help="run the performance benchmarks instead (PERF.md)")
-    args = p.parse_args(argv)
-    if args.jobs is None:
-        args.jobs = 1 if args.preset in GPU_PRESETS else default_jobs()
-    if args.jobs < 1:
+    args, extra = p.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") and not a.startswith(RUN_OPTION_PREFIXES)]
+    if stray or (extra and not extra[0].startswith(RUN_OPTION_PREFIXES)):
+        p.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra and not args.config:
+        raise ConfigError(f"{extra[0]} overrides a run config: it needs --config RUN.yaml")
+    if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
 
     def split(s):
@@ -369,20 +381,50 @@ def cmd_bench(argv: Sequence[str]) -> int:
         run_perf(out=args.out)
         return 0
     from .bench import run_bench, write_bench_configs
+    from .bench.methods import read_mapping
 
     if args.write_configs:
         for path in write_bench_configs(args.write_configs, args.preset, split(args.tasks), split(args.methods)):
             print(path)
         return 0
-    seeds = None
-    if args.seeds:
-        try:
-            seeds = [int(s) for s in split(args.seeds)]
-        except ValueError:
-            raise ConfigError(f"--seeds must be integers separated by commas, got {args.seeds!r}") from None
+    mappings = {name: read_mapping(getattr(args, name), f"--{name.replace('_', '-')}")
+                for name in ("plugin_args", "variants", "controls", "submitit")}
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    config = None
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise ConfigError(f"--config {args.config!r}: no such file")
+        _, _, _, _, config = load_run_config(["--config", args.config, *extra])
+    if args.jobs is None:      # one job per core (per `threads` cores), one job on a GPU
+        from .threads import resolve_threads
+
+        if config is None:
+            threads = args.threads or 1
+        else:
+            threads = resolve_threads(args.threads if args.threads is not None
+                                      else (config.get("run") or {}).get("threads"))[0]
+        on_gpu = args.preset in GPU_PRESETS if config is None else _uses_gpu(config.get("trainer") or {})
+        args.jobs = 1 if on_gpu else max(1, default_jobs() // threads)
     run_bench(preset=args.preset, tasks=split(args.tasks), methods=split(args.methods), seeds=seeds, out=args.out,
-              jobs=args.jobs, fail_fast=args.fail_fast)
+              jobs=args.jobs, fail_fast=args.fail_fast, config=config,
+              config_name=os.path.splitext(os.path.basename(args.config))[0] if args.config else None,
+              plugin_args=mappings["plugin_args"], variants=mappings["variants"], controls=mappings["controls"],
+              threads=args.threads, executor=args.executor, submitit=mappings["submitit"] or None,
+              overwrite=args.overwrite)
     return 0
+
+
+def _uses_gpu(trainer: dict) -> bool:
+    """Whether a config's trainer would run on a GPU here (its accelerator is not ``cpu`` and one is present)."""
+    accelerator = str(trainer.get("accelerator") or "auto").lower()
+    if accelerator == "cpu":
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
 
 
 def cmd_report(argv: Sequence[str]) -> int:

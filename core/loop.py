@@ -25,6 +25,7 @@ from .pool import Pool
 from .run import Run
 from .runlock import hold
 from .seeds import derive_seed
+from .threads import resolve_threads, torch_threads
 
 TrainerFactory = Callable[[int, Any], Any]
 """``(generation, gen_dir) -> lightning.Trainer``: a fresh trainer for each generation."""
@@ -245,9 +246,11 @@ def execute(run: Run, make_trainer: TrainerFactory, on_generation: Callable[[int
 
     ``on_generation(generation, metrics, resumed)`` is called after each generation
     (``resumed`` is True for generations read back from disk). The launching process holds the run
-    directory's lock throughout (:mod:`collapsekit.runlock`): a second process is refused.
+    directory's lock throughout (:mod:`collapsekit.runlock`): a second process is refused. Torch's
+    intra-op threads are set to ``run.config.threads`` (:func:`collapsekit.threads.resolve_threads`) for
+    the run and restored after it.
     """
-    with hold(run.dir, run.is_lead) as note:
+    with hold(run.dir, run.is_lead) as note, torch_threads(resolve_threads(run.config.threads)[0]):
         if note is not None:
             print(f"collapsekit: note: {note}", file=sys.stderr, flush=True)
         return _all_generations(run, make_trainer, on_generation)

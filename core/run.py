@@ -32,6 +32,7 @@ from .errors import ConfigError, RunStateError
 from .fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from .pool import Pool, PoolHistory
 from .seeds import numpy_rng, torch_generator
+from .threads import resolve_threads
 
 INIT_MODES = ("scratch", "previous", "base")
 PLUGIN_FILES = "plugins/"
@@ -58,6 +59,11 @@ class RunConfig:
             with the numbers of an uninterrupted run. Independently of it, ``SIGTERM``/``SIGUSR1``
             during training save a checkpoint at the end of the current step and stop the run
             (exit status 75); it may be changed between a run and its resumption.
+        threads: torch intra-op threads of the run (``None``: ``$OMP_NUM_THREADS`` when set, else 1; see
+            :mod:`collapsekit.threads`). The count changes floating-point rounding, so it is fixed, never
+            taken from the machine's cores or load. It may be changed between a run and its resumption
+            (e.g. a preempted job resumed on another machine); the generations trained after the change
+            then differ from an uninterrupted run's in the last digits.
     """
 
     name: str = "quickstart"
@@ -69,6 +75,7 @@ class RunConfig:
     samples_per_generation: int | None = None
     overwrite: bool = False
     checkpoint_every: int | None = None
+    threads: int | None = None
 
     def plugin_names(self) -> list[str]:
         """Names of the listed plugins, as written in the config."""
@@ -88,10 +95,12 @@ class RunConfig:
                                                   or self.checkpoint_every < 1):
             raise ConfigError(f"run.checkpoint_every must be a number of steps >= 1 (or null), "
                               f"got {self.checkpoint_every!r}")
+        resolve_threads(self.threads)
 
 
 # config keys that may change between a run and its resumption
-RESUMABLE_KEYS = ("run.generations", "run.overwrite", "run.root", "run.checkpoint_every", "trainer.enable_progress_bar",
+RESUMABLE_KEYS = ("run.generations", "run.overwrite", "run.root", "run.checkpoint_every", "run.threads",
+                  "trainer.enable_progress_bar",
                   "trainer.enable_model_summary", "trainer.logger", "trainer.callbacks")
 
 

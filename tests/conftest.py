@@ -124,11 +124,26 @@ def activate_distribution(dist_name: str) -> None:
     importlib.invalidate_caches()
 
 
+def _entry_points_differ(path: Path, dist_name: str) -> bool:
+    """Whether the installed ``dist_name`` declares other entry points than ``path``'s pyproject (stale install)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    declared = tomllib.loads((path / "pyproject.toml").read_text())["project"].get("entry-points", {})
+    wanted = {(group, name) for group, eps in declared.items() for name in eps}
+    installed = {(ep.group, ep.name) for ep in importlib.metadata.distribution(dist_name).entry_points}
+    return wanted != installed
+
+
 def pip_install_editable(path: str | Path) -> str:
-    """``pip install --no-deps --no-build-isolation -e path`` and activate it here; return the distribution name."""
+    """``pip install --no-deps --no-build-isolation -e path`` and activate it here; return the distribution name.
+
+    Skipped when it is already installed editable from ``path`` with the entry points ``path`` declares."""
     path = Path(path).resolve()
     name = _project_name(path)
-    if installed_editable_at(name) != path:
+    if installed_editable_at(name) != path or _entry_points_differ(path, name):
         proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                                "--disable-pip-version-check", "-e", str(path)], capture_output=True, text=True)
         if proc.returncode:
@@ -154,6 +169,20 @@ def pip_tools():
     """``pip_tools.install(path) -> dist``, ``pip_tools.uninstall(dist, packages)``,
     ``pip_tools.editable_at(dist) -> Path | None``: real pip installs of test distributions."""
     return SimpleNamespace(install=pip_install_editable, uninstall=pip_uninstall, editable_at=installed_editable_at)
+
+
+PLUGIN_DIST = Path(__file__).parent / "plugin_dist"
+PLUGIN_DIST_NAME = "collapsekit-testplugin"
+
+
+@pytest.fixture(scope="session")
+def testplugin_installed(pip_tools):
+    """Install tests/plugin_dist editable (no-op when already installed from there); uninstall if we installed it."""
+    was_installed = pip_tools.editable_at(PLUGIN_DIST_NAME) == PLUGIN_DIST.resolve()
+    name = pip_tools.install(PLUGIN_DIST)
+    yield name
+    if not was_installed:
+        pip_tools.uninstall(name, ["collapsekit_testplugin"])
 
 
 def kill_at(command: list[str], marker: Path, env: dict, timeout: float = 240) -> bool:

@@ -24,17 +24,7 @@ from collapsekit.testing import (ConformanceError, PluginConformance, check_hook
 assert collapsekit_run_tiny  # the kit's fixture, used by test_run_tiny_fixture
 
 PLUGIN_DIST = Path(__file__).parent / "plugin_dist"
-DIST = "collapsekit-testplugin"
-
-
-@pytest.fixture(scope="session")
-def testplugin_installed(pip_tools):
-    """Install tests/plugin_dist editable (no-op when already installed from there); uninstall if we installed it."""
-    was_installed = pip_tools.editable_at(DIST) == PLUGIN_DIST.resolve()
-    name = pip_tools.install(PLUGIN_DIST)
-    yield name
-    if not was_installed:
-        pip_tools.uninstall(name, ["collapsekit_testplugin"])
+DIST = "collapsekit-testplugin"              # installed by the testplugin_installed fixture (conftest.py)
 
 
 # -- every built-in plugin and the third-party test plugin pass the kit ------------------------------------

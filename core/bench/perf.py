@@ -127,7 +127,7 @@ def _new_run(root: Path, name: str, task, plugins=(), generations: int = 1, seed
     from ..run import Run, RunConfig
 
     config = RunConfig(name=name, root=str(root), generations=generations, seed=seed, plugins=list(plugins),
-                       overwrite=True, init=init)
+                       overwrite=True, init=init, threads=torch.get_num_threads())   # this process's count
     return Run(config, task, build_manager(config.plugins))
 
 
@@ -481,7 +481,7 @@ def npo_cache(cfg: dict, root: Path) -> Section:
                 forwards[type(plugin) is not npo_cls] = metrics.get("npo/ref_forwards", float("nan"))
 
         with registered(plugin, name="perf-npo"):
-            config = RunConfig(name="npo", root=str(run_root), generations=2, seed=0,
+            config = RunConfig(name="npo", root=str(run_root), generations=2, seed=0, threads=torch.get_num_threads(),
                                init=spec.get("init", "previous"),
                                samples_per_generation=spec.get("samples_per_generation"))
             run = Run(config, task_cls(**spec["task"]), build_manager([]))

@@ -360,7 +360,7 @@ def render_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
     meta = results.get("meta") or {}
     wall = meta.get("wall_time_s") or {}
     lines = ["# collapsekit benchmark results", ""]
-    facts = [("preset", meta.get("preset")), ("collapsekit", meta.get("version")),
+    facts = [("preset", meta.get("preset")), ("config", meta.get("config")), ("collapsekit", meta.get("version")),
              ("commit", (meta.get("commit") or "unknown") + (" (uncommitted changes)" if meta.get("dirty") else "")),
              ("device", meta.get("device")), ("torch", meta.get("torch")), ("lightning", meta.get("lightning")),
              ("seeds", ", ".join(map(str, meta.get("seeds") or []))),
@@ -461,7 +461,7 @@ def render_plots(results: Mapping, out_dir: str | Path) -> dict[str, Path]:
     """Per task, its headline metrics vs generation: a line per method (mean) and a ±std band over seeds."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    preset = (results.get("meta") or {}).get("preset", "")
+    preset = (results.get("meta") or {}).get("preset") or (results.get("meta") or {}).get("config") or ""
     written: dict[str, Path] = {}
     for task, methods in _cells(results).items():
         names = sorted({m for seeds in methods.values() for gens in seeds.values() for ms in gens.values()

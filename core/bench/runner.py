@@ -16,16 +16,17 @@ Every method of a task gets the same preset (same budget). A method is a plugin
 short name or several joined by ``+``; a part may also be a *variant* the preset declares (another
 name for a plugin with other init_args, e.g. a control such as a random filter; its init_args are
 merged over the plugin's ``plugin_args``, so the rest of its settings stay the same), or a variant of
-the task's settings (``task_args`` merged over the preset's, no plugin: e.g. another inference backend). Each cell is an
-ordinary run directory ``OUT/runs/<preset>/<task>/<method>-s<seed>/`` (its ``config.yaml`` re-runs it
-with ``collapsekit run --config``), so a re-run skips finished generations and
-cells. Results: ``OUT/results.json`` (long format, documented in ``configs/bench/README.md``),
-``OUT/RESULTS.md`` and ``OUT/plots/<task>.png``.
+the task's settings (``task_args`` merged over the preset's, no plugin: e.g. another inference backend). Instead of the
+presets, a bench may run a user's own run config (``config=``, :mod:`.configplan`). Each cell is an
+ordinary run directory ``OUT/runs/<preset or config name>/<task>/<method>-s<seed>/`` (its
+``config.yaml`` re-runs it with ``collapsekit run --config``); a re-run skips finished cells
+(:mod:`.cells`) and resumes unfinished ones. Cells run in this process, in worker processes or as
+submitit jobs (:mod:`.executors`). Results: ``OUT/results.json`` (long format, documented in
+``configs/bench/README.md``), ``OUT/RESULTS.md`` and ``OUT/plots/<task>.png``.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import json
 import math
 import os
@@ -33,19 +34,19 @@ import platform
 import subprocess
 import sys
 import time
-import traceback
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from ..errors import CollapsekitError, ConfigError, PluginLoadError, PluginNotFound
-from ..fileio import atomic_write_bytes
-from ..quiet import silence_lightning
+from ..errors import CollapsekitError, ConfigError, Preempted
+from .cells import cell_config, run_cell  # noqa: F401 - run_cell re-exported
+from .cells import quiet as _quiet  # noqa: F401 - used by .perf
+from .methods import (BASELINE, check_method, check_plugin_args, check_variants, directions, method_parts,
+                      method_plugins, method_task_args, select_methods)
 
 PRESETS = ("smoke", "cpu", "gpu", "gpu-quick")
 DEFAULT_SEEDS = {"smoke": (0,), "cpu": (0, 1), "gpu": (0, 1, 2), "gpu-quick": (0,)}
 GPU_PRESETS = ("gpu", "gpu-quick")
-BASELINE = "baseline"
+CELL_FUNCTION = "collapsekit.bench.cells:run_cell_safe"
 
 
 # -- plan --------------------------------------------------------------------------------------
@@ -75,93 +76,6 @@ def load_tasks(names: Sequence[str] | None = None) -> tuple[dict[str, type], dic
     return classes, {}
 
 
-def method_parts(method: str) -> list[str]:
-    """Plugin names of a method: ``"a+b"`` -> ``["a", "b"]``; ``"baseline"`` -> ``[]``."""
-    parts = [p.strip() for p in method.split("+")]
-    if not method.strip() or any(not p for p in parts):
-        raise ConfigError(f"bad method {method!r}: give a plugin name or names joined by '+'")
-    if BASELINE in parts:
-        if len(parts) > 1:
-            raise ConfigError(f"method {method!r}: 'baseline' means no extra plugin and cannot be combined; "
-                              f"write {'+'.join(p for p in parts if p != BASELINE)!r}")
-        return []
-    return parts
-
-
-def _variant_plugin(part: str, variants: Mapping[str, Mapping] | None) -> str | None:
-    """The plugin name behind ``part``: a variant's ``plugin`` (None for a variant of task settings only),
-    else ``part`` itself."""
-    from ..registry import normalize
-
-    found = {normalize(k): v for k, v in (variants or {}).items()}
-    entry = found.get(normalize(part))
-    if entry is None:
-        return part
-    if not isinstance(entry, Mapping) or not (isinstance(entry.get("plugin"), str)
-                                              or (entry.get("plugin") is None and "task_args" in entry)):
-        raise ConfigError(f"variant {part!r} must be {{'plugin': <plugin name>, 'init_args': {{...}}}} and/or "
-                          f"{{'task_args': {{...}}}}, got {entry!r}")
-    return entry.get("plugin")
-
-
-def method_task_args(method: str, variants: Mapping[str, Mapping] | None = None) -> dict:
-    """The task settings the variants among ``method``'s parts change (their ``task_args``, merged in order)."""
-    from ..registry import normalize
-
-    found = {normalize(k): v for k, v in (variants or {}).items()}
-    out: dict = {}
-    for part in method_parts(method):
-        out.update((found.get(normalize(part)) or {}).get("task_args") or {})
-    return out
-
-
-def check_method(method: str, available: Mapping[str, Any], known_methods: Iterable[str] = (),
-                 variants: Mapping[str, Mapping] | None = None) -> None:
-    """Raise ``PluginNotFound`` (with "did you mean") or ``PluginLoadError`` if a part is not installed.
-
-    A part named in ``variants`` is checked as the plugin it stands for.
-    """
-    import difflib
-
-    from ..registry import normalize, resolve
-
-    for part in [_variant_plugin(p, variants) for p in method_parts(method)]:
-        if part is None:                     # a variant of task settings: no plugin to check
-            continue
-        if normalize(part) not in {normalize(k) for k in available}:
-            candidates = sorted(c for c in set(available) | {BASELINE} | set(known_methods)
-                                if normalize(c) != normalize(part))
-            close = difflib.get_close_matches(part, candidates, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            if normalize(part) in {normalize(k) for k in known_methods}:
-                hint = " It is a bench method of a task, but no installed distribution provides it."
-            raise PluginNotFound(
-                f"method {method!r}: plugin {part!r} is not installed.{hint} Installed plugins: "
-                f"{', '.join(sorted(available)) or 'none'}. Install its distribution "
-                f"(e.g. pip install ./mitigations/<name>) or fix the name.")
-        resolve(part, dict(available))  # raises PluginLoadError naming the distribution
-
-
-def method_plugins(method: str, plugin_args: Mapping[str, Mapping] | None = None,
-                   variants: Mapping[str, Mapping] | None = None) -> list[Any]:
-    """The ``run.plugins`` list of ``method``, with ``plugin_args[name]`` as init_args where given.
-
-    A part named in ``variants`` becomes its ``plugin`` with ``{**plugin_args[plugin], **init_args}``.
-    """
-    from ..registry import normalize
-
-    args = {normalize(k): dict(v) for k, v in (plugin_args or {}).items()}
-    found = {normalize(k): v for k, v in (variants or {}).items()}
-    out: list[Any] = []
-    for part in method_parts(method):
-        plugin = _variant_plugin(part, variants)
-        if plugin is None:                   # a variant of task settings only (see method_task_args)
-            continue
-        init = {**args.get(normalize(plugin), {}), **dict((found.get(normalize(part)) or {}).get("init_args") or {})}
-        out.append({"class_path": plugin, "init_args": init} if init else plugin)
-    return out
-
-
 def task_preset(cls: type, preset: str, overrides: Mapping[str, Mapping] | None, name: str) -> dict:
     """``cls.preset(preset)`` with ``overrides["*"]`` and ``overrides[name]`` deep-merged on top."""
     if not hasattr(cls, "preset"):
@@ -188,8 +102,9 @@ def _trainer_args(preset: str, spec: Mapping) -> dict:
 
 def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
          seeds: Sequence[int] | None = None, overrides: Mapping[str, Mapping] | None = None,
-         progress: bool = True, require_installed: bool = True,
-         include_opt_in: bool = False) -> tuple[list[dict], dict]:
+         progress: bool = True, require_installed: bool = True, include_opt_in: bool = False,
+         plugin_args: Mapping[str, Mapping] | None = None, variants: Mapping[str, Mapping] | None = None,
+         controls: Mapping[str, str] | None = None, threads: int | None = None) -> tuple[list[dict], dict]:
     """Resolve tasks, methods and seeds into cell specs; return ``(cells, plan meta)``.
 
     Without ``tasks``, every task whose preset exists and is not ``opt_in`` (those are listed
@@ -197,19 +112,24 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
     Raises for a requested task/method that is unknown or not installed; a default
     method that is not installed is skipped with a printed note
     (``require_installed=False``: no plugin check at all, e.g. to write configs).
+    ``plugin_args`` are merged over each preset's (per plugin, key by key), ``variants`` and ``controls``
+    (``{method: its control method}``) added to each task's. Every cell runs with ``threads`` torch
+    threads (default 1: the numbers of a preset do not depend on the machine).
     """
-    from ..registry import discover, normalize
+    from ..registry import discover
+    from ..threads import resolve_threads
     from .report import declared_directions
 
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    plugin_args, variants = check_plugin_args(plugin_args or {}), check_variants(variants or {})
+    threads = resolve_threads(threads)[0] if threads is not None else 1
     classes, task_errors = load_tasks(tasks)
     for name, err in task_errors.items():
         _note(progress, f"task {name!r} failed to import and is left out: {err}")
     available = {n: i for n, i in discover().items()}
-    installed = {normalize(n) for n in available}
     known = {m for cls in classes.values() for m in getattr(cls, "bench_methods", ())}
-    all_variants: dict[str, Mapping] = {}
+    all_variants: dict[str, Mapping] = dict(variants)
     for name, cls in classes.items():
         try:
             all_variants.update(task_preset(cls, preset, overrides, name).get("variants") or {})
@@ -237,34 +157,22 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
             skipped.append({"task": name, "reason": reason})
             _note(progress, f"task {name!r} skipped: {reason}")
             continue
-        task_methods = list(methods or spec.get("methods") or getattr(cls, "bench_methods", None) or [BASELINE])
-        runnable = []
-        for m in task_methods:
-            if methods is None and require_installed:
-                try:
-                    check_method(m, available, known, spec.get("variants"))
-                except PluginNotFound:
-                    missing = [p for p in method_parts(m) if _variant_plugin(p, spec.get("variants")) is not None
-                               and normalize(_variant_plugin(p, spec.get("variants"))) not in installed]
-                    reason = f"plugin {', '.join(missing)} not installed"
-                    skipped.append({"task": name, "method": m, "reason": reason})
-                    _note(progress, f"{name}: method {m!r} skipped ({reason})")
-                    continue
-                except PluginLoadError as exc:
-                    skipped.append({"task": name, "method": m, "reason": str(exc)})
-                    _note(progress, f"{name}: method {m!r} skipped ({exc})")
-                    continue
-            elif methods is not None and m not in getattr(cls, "bench_methods", (m,)):
-                _note(progress, f"{name}: method {m!r} is not in its bench_methods; running it as asked")
-            runnable.append(m)
+        if plugin_args:
+            spec["plugin_args"] = _deep_merge(spec.get("plugin_args") or {}, plugin_args)
+        if variants:
+            spec["variants"] = {**(spec.get("variants") or {}), **variants}
+        defaults = list(spec.get("methods") or getattr(cls, "bench_methods", None) or [BASELINE])
+        runnable = select_methods(name, cls, list(methods) if methods else None, defaults, spec.get("variants"),
+                                  available, known, require_installed, skipped, lambda text: _note(progress, text))
         task_seeds = [int(s) for s in (seeds if seeds is not None else spec.get("seeds", DEFAULT_SEEDS[preset]))]
         trainer = _trainer_args(preset, spec)
+        task_controls = {**dict(getattr(cls, "bench_controls", {}) or {}), **dict(controls or {})}
         meta_tasks[name] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "methods": runnable,
                             "seeds": task_seeds, "preset": {k: v for k, v in spec.items() if k != "seeds"},
                             "metrics": sorted(getattr(cls, "higher_is_better", {}) or {}),
                             "directions": declared_directions(cls),
                             "report_metrics": list(getattr(cls, "report_metrics", ()) or ()),
-                            "controls": dict(getattr(cls, "bench_controls", {}) or {})}
+                            "controls": task_controls}
         for m in runnable:
             for s in task_seeds:
                 cells.append({
@@ -275,27 +183,12 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
                     "init": spec.get("init", "scratch"),
                     "samples_per_generation": spec.get("samples_per_generation"),
                     "plugins": method_plugins(m, spec.get("plugin_args"), spec.get("variants")),
-                    "headline": list(getattr(cls, "headline", ()) or ()),
+                    "headline": list(getattr(cls, "headline", ()) or ()), "threads": threads,
                 })
     info = {"tasks": meta_tasks, "skipped": skipped, "task_errors": task_errors,
             "headline": {n: list(getattr(c, "headline", ()) or ()) for n, c in classes.items()},
-            "directions": _directions(classes.values(), available)}
+            "directions": directions([i.target for i in available.values() if not i.error] + list(classes.values()))}
     return cells, info
-
-
-def _directions(classes: Iterable[type], available: Mapping[str, Any]) -> dict[str, bool | None]:
-    """``higher_is_better`` declared by plugin classes and tasks (attribute of the same name).
-
-    ``None`` = declared without a better direction (reported, not ranked). A name two tasks rank
-    differently keeps the first here; each task's own directions are in ``meta.tasks[task].directions``.
-    """
-    from .report import declared_directions
-
-    out: dict[str, bool | None] = {}
-    for target in [i.target for i in available.values() if not i.error] + list(classes):
-        for k, v in declared_directions(target).items():
-            out.setdefault(k, v)
-    return out
 
 
 def _note(progress: bool, text: str) -> None:
@@ -303,26 +196,7 @@ def _note(progress: bool, text: str) -> None:
         print(f"collapsekit bench: {text}", flush=True)
 
 
-# -- one cell -------------------------------------------------------------------------------------
-def cell_name(method: str, seed: int) -> str:
-    """Run name of a cell: ``<method>-s<seed>`` (path separators replaced)."""
-    return f"{method.replace('/', '_').replace(os.sep, '_')}-s{seed}"
-
-
-def cell_config(cell: Mapping, root: str | Path) -> dict:
-    """The run config (``run``/``task``/``trainer``) of a cell, as written to its ``config.yaml``.
-
-    ``collapsekit run --config <that file>`` reproduces the cell.
-    """
-    from ..run import RunConfig
-
-    config = RunConfig(name=cell_name(cell["method"], cell["seed"]), root=str(root),
-                       generations=int(cell["generations"]), seed=int(cell["seed"]), init=cell["init"],
-                       plugins=list(cell["plugins"]), samples_per_generation=cell.get("samples_per_generation"))
-    return {"run": asdict(config), "task": {"class_path": cell["class_path"], "init_args": dict(cell["task_args"])},
-            "trainer": dict(cell["trainer"])}
-
-
+# -- configs of cells ----------------------------------------------------------------------------
 def write_bench_configs(directory: str | Path, preset: str, tasks: Sequence[str] | None = None,
                         methods: Sequence[str] | None = None, root: str = "runs") -> list[Path]:
     """Write ``<task>-<preset>[-<method>].yaml`` for every planned cell of seed 0 (run root ``root``)."""
@@ -349,84 +223,6 @@ def write_bench_configs(directory: str | Path, preset: str, tasks: Sequence[str]
     return written
 
 
-def _quiet() -> None:
-    """Silence Lightning for a bench process (cells print their own one-line progress)."""
-    silence_lightning(extra_warnings=(".*non-writable.*", ".*module\\(s\\) in eval mode.*"))
-
-
-def run_cell(cell: Mapping, root: str | Path, label: str = "", progress: bool = True) -> dict:
-    """Run (or resume) one cell through the engine.
-
-    Returns ``{"metrics": [per generation], "seconds": wall s, "cpu_seconds": process CPU s}``;
-    both times accumulate over all invocations (kept in ``<root>/<cell name>.wall.json``)
-    and resumed generations add nothing.
-    """
-    from ..dispatch import build_manager
-    from ..loop import execute, trainer_factory
-    from ..run import Run, RunConfig
-
-    _quiet()
-    import lightning.pytorch  # noqa: F401 - imported before the clock starts, not billed to the first cell
-    import transformers  # noqa: F401
-
-    module, _, cls_name = cell["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), cls_name)
-    config_dict = cell_config(cell, root)
-    config = RunConfig(**config_dict["run"])
-    wall_file = Path(root) / f"{config.name}.wall.json"
-    try:
-        spent = json.loads(wall_file.read_text())
-        spent = {"seconds": float(spent["seconds"]), "cpu_seconds": float(spent.get("cpu_seconds", 0.0))}
-    except (OSError, ValueError, KeyError, TypeError):
-        spent = {"seconds": 0.0, "cpu_seconds": 0.0}
-    headline = cell.get("headline") or []
-    last = [time.perf_counter(), time.process_time()]
-
-    def on_generation(generation: int, metrics: dict, resumed: bool) -> None:
-        now = [time.perf_counter(), time.process_time()]
-        if not resumed:
-            spent["seconds"] += now[0] - last[0]
-            spent["cpu_seconds"] += now[1] - last[1]
-            Path(root).mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(wall_file, json.dumps(spent).encode())
-        last[:] = now
-        if progress:
-            shown = "  ".join(f"{k}={metrics[k]:.4g}" for k in headline if k in metrics)
-            state = "resumed" if resumed else f"{spent['seconds']:.0f} s"
-            print(f"  {label} gen {generation + 1}/{cell['generations']}: {shown} ({state})", flush=True)
-
-    task = cls(**cell["task_args"])
-    run = Run(config, task, build_manager(config.plugins), config_dict)
-    last[:] = [time.perf_counter(), time.process_time()]
-    metrics = execute(run, trainer_factory(**cell["trainer"]), on_generation)
-    return {"metrics": metrics, **spent}
-
-
-def _run_cell_safe(cell: Mapping, root: str, label: str, progress: bool, fail_fast: bool) -> dict:
-    try:
-        return run_cell(cell, root, label, progress)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # noqa: BLE001 - recorded per cell; the suite goes on
-        if fail_fast:
-            raise
-        detail = str(exc) if isinstance(exc, CollapsekitError) else \
-            f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}"
-        return {"error": f"{type(exc).__name__}: {exc}", "detail": detail}
-
-
-def _threads_per_job(jobs: int) -> int:
-    """Torch threads of each of ``jobs`` parallel cell processes: the cores split evenly."""
-    return max(1, (os.cpu_count() or 1) // jobs)
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    _quiet()
-
-
 # -- results ----------------------------------------------------------------------------------------
 def _value(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
@@ -447,8 +243,9 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def environment(preset: str, jobs: int = 1) -> dict:
-    """Versions, commit and device for ``meta`` (``jobs``: parallel cell processes)."""
+def environment(preset: str | None, jobs: int = 1, threads: int | None = None, where: str | None = None) -> dict:
+    """Versions, commit and device for ``meta`` (``jobs`` parallel cells of ``threads`` torch threads each;
+    ``where``: how the cells run, e.g. "as submitit jobs on slurm")."""
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
@@ -461,19 +258,23 @@ def environment(preset: str, jobs: int = 1) -> dict:
 
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    threads = torch.get_num_threads() if threads is None else threads
     if preset in GPU_PRESETS and torch.cuda.is_available():
         device = f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     else:
-        threads = torch.get_num_threads() if jobs == 1 else _threads_per_job(jobs)
         device = f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores visible, " \
                  f"{jobs} job(s) x {threads} torch thread(s))"
+    if where and where.startswith("as submitit"):
+        device = f"cells run {where}, {threads} torch thread(s) each; this process: {device}"
     return {"version": ver("collapsekit"), "commit": commit, "dirty": bool(status) if commit else None,
             "python": platform.python_version(), "torch": torch.__version__, "lightning": ver("lightning"),
             "transformers": ver("transformers"), "numpy": ver("numpy"), "platform": platform.platform(),
             "device": device}
 
 
-def _previous(out: Path, preset: str, progress: bool) -> dict | None:
+def _previous(out: Path, source: Mapping[str, Any], progress: bool) -> dict | None:
+    """The ``results.json`` of an earlier call on ``out`` when it ran the same preset or config (``source``:
+    ``{"preset": ..., "config": ...}``), else ``None`` (it is replaced; its runs stay)."""
     path = out / "results.json"
     if not path.is_file():
         return None
@@ -482,56 +283,162 @@ def _previous(out: Path, preset: str, progress: bool) -> dict | None:
     except ValueError:
         _note(progress, f"{path} is unreadable; it is rewritten")
         return None
-    if (old.get("meta") or {}).get("preset") != preset:
-        _note(progress, f"{path} holds preset {(old.get('meta') or {}).get('preset')!r}; it is replaced "
-                        f"(its runs stay under {out / 'runs'})")
+    meta = old.get("meta") or {}
+    if (meta.get("preset"), meta.get("config")) != (source.get("preset"), source.get("config")):
+        what = f"preset {meta.get('preset')!r}" if meta.get("preset") else f"config {meta.get('config')!r}"
+        _note(progress, f"{path} holds {what}; it is replaced (its runs stay under {out / 'runs'})")
         return None
     return old
 
 
+def _launches_processes(cell: Mapping) -> str | None:
+    """How a cell's trainer asks for several processes (several devices or nodes, not a spawn strategy), or None."""
+    trainer = cell["config"].get("trainer") or {} if "config" in cell else cell["trainer"]
+    strategy = json.dumps(trainer.get("strategy") or "auto")
+    if "spawn" in strategy.lower():
+        return None
+    devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes") or 1
+    if isinstance(devices, (list, tuple)):
+        many = len(devices) > 1
+    else:
+        text = str(devices).strip()
+        many = text.lstrip("-").isdigit() and (int(text) > 1 or int(text) == -1)
+    if many or int(nodes) > 1:
+        return f"trainer.devices={devices!r}, trainer.num_nodes={nodes!r}, strategy {strategy}"
+    return None
+
+
+def _versions(cells: Sequence[Mapping]) -> dict[int, dict[str, str]]:
+    """``{id(cell): {distribution: version}}``: collapsekit and the distributions of each cell's task and plugins."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    from ..registry import discover, normalize
+
+    available = {normalize(n): i for n, i in discover().items()}
+    top = packages_distributions()
+
+    def of_path(path: str) -> dict[str, str]:
+        out = {}
+        for dist in top.get(path.split(".")[0], []):
+            try:
+                out[dist] = version(dist)
+            except PackageNotFoundError:
+                pass
+        return out
+
+    result = {}
+    for cell in cells:
+        found = of_path("collapsekit")
+        found.update(of_path(cell["class_path"]))
+        for entry in cell["plugins"]:
+            name = entry if isinstance(entry, str) else entry.get("class_path", "")
+            info = available.get(normalize(name))
+            if info is not None:
+                found[info.distribution] = info.version
+            elif "." in name:
+                found.update(of_path(name))
+        result[id(cell)] = dict(sorted(found.items()))
+    return result
+
+
 def run_bench(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
               seeds: Sequence[int] | None = None, out: str | Path = "bench", progress: bool = True,
-              overrides: Mapping[str, Mapping] | None = None, jobs: int = 1, fail_fast: bool = False) -> dict:
+              overrides: Mapping[str, Mapping] | None = None, jobs: int = 1, fail_fast: bool = False, *,
+              config: str | Path | Mapping | None = None, config_name: str | None = None,
+              config_overrides: Sequence[str] = (), plugin_args: Mapping[str, Mapping] | str | None = None,
+              variants: Mapping[str, Mapping] | str | None = None, controls: Mapping[str, str] | str | None = None,
+              threads: int | None = None, executor: str = "processes", submitit: Mapping[str, Any] | None = None,
+              overwrite: bool = False) -> dict:
     """Run every (task, method, seed) cell and write ``results.json``, ``RESULTS.md`` and plots under ``out``.
 
     Args:
-        preset: ``smoke`` | ``cpu`` | ``gpu``; each task's ``preset(name)`` gives its sizes and budget.
+        preset: ``smoke`` | ``cpu`` | ``gpu`` | ``gpu-quick``; each task's ``preset(name)`` gives its sizes and
+            budget (ignored with ``config``).
         tasks: task entry-point names (default: every task that imports; import failures are reported).
         methods: methods for every selected task (default: each task's ``bench_methods``; those whose
             plugins are not installed are skipped with a note). A requested method that is not
             installed raises ``PluginNotFound`` with suggestions.
-        seeds: run seeds (default: the preset's ``seeds`` or :data:`DEFAULT_SEEDS`).
-        out: output folder; runs go to ``out/runs/<preset>/<task>/<method>-s<seed>/``.
+        seeds: run seeds (default: the preset's ``seeds`` or :data:`DEFAULT_SEEDS`; with ``config``, its ``run.seed``).
+        out: output folder; runs go to ``out/runs/<preset or config name>/<task>/<method>-s<seed>/``.
         overrides: ``{task name or "*": partial preset}`` deep-merged into the presets (tests, tuning).
-        jobs: cells run in parallel in that many spawned processes (torch threads split between them).
+        jobs: cells run in parallel in that many worker processes (1: in this process).
             In-process plugins (``collapsekit.register``) need ``jobs=1``.
         fail_fast: re-raise a cell's error instead of recording it in ``meta["failures"]``.
+        config: a run config (a YAML path, or the resolved dict ``collapsekit run`` would use) whose cells are
+            that config with each method's plugins and each seed, instead of the presets (:mod:`.configplan`).
+        config_name: the name of its runs folder and of the bench in ``meta.config`` (default: the file's stem).
+        config_overrides: ``collapsekit run`` options applied to a config file, e.g. ``["--trainer.max_steps", "50"]``.
+        plugin_args: ``{plugin: {init arg: value}}`` for the methods' plugins (over a preset's own), e.g. a
+            filter's ``oversample``; a mapping, or inline YAML/JSON, or a YAML/JSON file path.
+        variants: ``{name: {"plugin": plugin, "init_args": {...}}}``: more method names (e.g. controls).
+        controls: ``{method: control method}``: each method is also compared with its control, paired by seed.
+        threads: torch threads of every cell (default: the config's ``run.threads``, else ``$OMP_NUM_THREADS``,
+            else 1; presets: 1). It is written into each cell's config, so a cell's numbers do not depend on
+            the executor or the machine's load.
+        executor: ``processes`` (this machine) or ``submitit`` (one job per cell, ``submitit`` = AutoExecutor
+            parameters plus ``cluster``: ``slurm``, ``local`` or ``debug``; logs in ``out/submitit/<job id>/``).
+        overwrite: recompute cells that an earlier call made with another config or other package versions
+            (their run directories are deleted); without it such cells are an error.
 
-    Returns the results dict written to ``results.json``. Re-running the same call
-    resumes: finished generations and cells are read back, not retrained. Cells of
-    the same preset from earlier calls with other tasks/methods/seeds are kept.
+    Returns the results dict written to ``results.json``. Re-running the same call skips finished cells
+    (same config and versions) and resumes unfinished ones at their last finished generation. Cells of
+    the same preset or config from earlier calls with other tasks/methods/seeds are kept. ``SIGTERM`` or
+    ``SIGINT`` stop every worker and job of the bench; finished cells stay (``SIGTERM`` raises
+    :class:`~collapsekit.errors.Preempted`, the CLI's exit status 75).
     """
     from ..registry import in_process
+    from .cells import cell_state, finished_result, remove_cell, write_record
+    from .configplan import config_plan, read_run_config
+    from .executors import Job, Stopped, make_executor, stop_on_sigterm
+    from .methods import read_mapping
     from .report import render_bench, write_results
 
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    if jobs > 1 and in_process():
-        raise ConfigError(f"in-process plugins {sorted(in_process())} are not visible to worker processes; "
+    if (jobs > 1 or executor != "processes") and in_process():
+        raise ConfigError(f"in-process plugins {sorted(in_process())} are not visible to worker processes or jobs; "
                           "use jobs=1 or install them as entry points")
+    pool = make_executor(executor, jobs, submitit, Path(out) / "submitit")
+    plugin_args = read_mapping(plugin_args, "--plugin-args")
+    variants = read_mapping(variants, "--variants")
+    controls = read_mapping(controls, "--controls")
     started, t0 = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
     out = Path(out)
-    cells, info = plan(preset, tasks, methods, seeds, overrides, progress)
+    if config is not None:
+        if tasks:
+            raise ConfigError("--tasks and --config exclude each other: the config names its task")
+        resolved = dict(config) if isinstance(config, Mapping) else read_run_config(config, config_overrides)
+        label = config_name or (Path(config).stem if not isinstance(config, Mapping)
+                                else str((resolved.get("run") or {}).get("name") or "config"))
+        cells, info = config_plan(resolved, label, methods, seeds, plugin_args, variants, controls, threads,
+                                  note=lambda text: _note(progress, text))
+    else:
+        if config_overrides:
+            raise ConfigError("config overrides (--run.*, --task.*, --trainer.*) need --config")
+        cells, info = plan(preset, tasks, methods, seeds, overrides, progress, plugin_args=plugin_args,
+                           variants=variants, controls=controls, threads=threads)
+        label = preset
+    source = {"preset": None, "config": label} if config is not None else {"preset": preset, "config": None}
     if not cells:
         raise ConfigError("nothing to run: no task/method/seed cell was selected (see the notes above)")
+    if executor == "processes":
+        for cell in cells:
+            many = _launches_processes(cell)
+            if many:
+                raise ConfigError(
+                    f"{cell['task']} {cell['method']}: the trainer asks for several processes ({many}); Lightning "
+                    "starts them by re-running the command, which a bench cell cannot be. Run such cells with "
+                    "--executor submitit (one job per cell; on SLURM set tasks_per_node and gpus_per_node to the "
+                    "devices), or use trainer.strategy: ddp_spawn")
+    cell_threads = cells[0]["threads"]
     out.mkdir(parents=True, exist_ok=True)
-    previous = _previous(out, preset, progress)
+    previous = _previous(out, source, progress)
     keys = {(c["task"], c["method"], c["seed"]) for c in cells}
     old_rows = [r for r in (previous or {}).get("rows", []) if (r["task"], r["method"], r["seed"]) not in keys]
     old_meta = (previous or {}).get("meta") or {}
     old_cells = [c for c in (old_meta.get("wall_time_s") or {}).get("cells", [])
                  if (c["task"], c["method"], c["seed"]) not in keys]
-    env = environment(preset, jobs)
+    env = environment(preset if config is None else None, jobs, cell_threads, pool.description)
     rows: dict[tuple, list[dict]] = {}
     times: dict[tuple, tuple[float, float]] = {}
     failures: list[dict] = []
@@ -543,12 +450,12 @@ def run_bench(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: 
                                   for (t, m, s) in sorted(times, key=_cell_order(cells))]
         task_meta = _merge_task_meta(old_meta.get("tasks") or {}, info["tasks"])
         all_seeds = sorted({r["seed"] for r in all_rows} | {s for t in info["tasks"].values() for s in t["seeds"]})
-        directions = info["directions"]
+        declared = info["directions"]
         names = sorted({r["metric"] for r in all_rows})
         old_dirs = previous.get("metrics", {}) if previous else {}
-        metric_meta = {n: {"higher_is_better": directions.get(n, (old_dirs.get(n) or {}).get("higher_is_better"))}
+        metric_meta = {n: {"higher_is_better": declared.get(n, (old_dirs.get(n) or {}).get("higher_is_better"))}
                        for n in names}
-        meta = {**env, "preset": preset, "seeds": all_seeds, "jobs": jobs,
+        meta = {**env, **source, "seeds": all_seeds, "jobs": jobs, "executor": executor,
                 "tasks": task_meta, "headline": {**(old_meta.get("headline") or {}), **info["headline"]},
                 "skipped": info["skipped"], "task_errors": info["task_errors"], "failures": failures,
                 "wall_time_s": {"total": round(sum(c["seconds"] for c in cell_times), 3),
@@ -558,27 +465,73 @@ def run_bench(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: 
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds") if finished else None}
         return {"meta": meta, "metrics": metric_meta, "rows": all_rows}
 
-    def record(cell: Mapping, result: Mapping, index: int) -> None:
+    roots = {id(c): str(out / "runs" / label / c["task"]) for c in cells}
+    configs = {id(c): cell_config(c, roots[id(c)]) for c in cells}
+    versions = _versions(cells)
+    states = {id(c): cell_state(roots[id(c)], c, configs[id(c)], versions[id(c)]) for c in cells}
+    stale = [c for c in cells if states[id(c)][0] == "stale"]
+    if stale and not overwrite:
+        shown = "; ".join(f"{c['task']} {c['method']} seed {c['seed']} ({states[id(c)][1]})" for c in stale[:3])
+        raise ConfigError(f"{len(stale)} cell(s) in {out} were made by another config or other package versions: "
+                          f"{shown}{' ...' if len(stale) > 3 else ''}. Use another --out, or pass --overwrite to "
+                          f"recompute them (their run directories are deleted)")
+    for cell in stale:
+        remove_cell(roots[id(cell)], cell)
+    labels = {id(c): f"[{i}/{len(cells)}] {c['task']} {c['method']} seed {c['seed']}" for i, c in enumerate(cells, 1)}
+
+    def record(cell: Mapping, result: Mapping, skipped: bool = False) -> None:
         key = (cell["task"], cell["method"], cell["seed"])
-        label = f"[{index}/{len(cells)}] {cell['task']} {cell['method']} seed {cell['seed']}"
         if "error" in result:
             failures.append({"task": key[0], "method": key[1], "seed": key[2], "error": result["error"]})
-            print(f"collapsekit bench: {label} FAILED: {result['detail']}", file=sys.stderr, flush=True)
-        else:
-            rows[key] = cell_rows(*key, result["metrics"])
-            times[key] = (result["seconds"], result["cpu_seconds"])
-            _note(progress, f"{label} done ({result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU, "
-                            f"{time.perf_counter() - t0:.0f} s elapsed)")
+            print(f"collapsekit bench: {labels[id(cell)]} FAILED: {result['detail']}", file=sys.stderr, flush=True)
+            if fail_fast:
+                raise CollapsekitError(f"{labels[id(cell)]} failed: {result['detail']}")
+            return
+        rows[key] = cell_rows(*key, result["metrics"])
+        times[key] = (result["seconds"], result["cpu_seconds"])
+        if skipped:
+            return
+        write_record(roots[id(cell)], cell, configs[id(cell)], versions[id(cell)])
+        _note(progress, f"{labels[id(cell)]} done ({result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU, "
+                        f"{time.perf_counter() - t0:.0f} s elapsed)")
         write_results(out, results_now(False))
 
-    roots = {id(c): str(out / "runs" / preset / c["task"]) for c in cells}
-    if jobs == 1:
-        for i, cell in enumerate(cells, 1):
-            label = f"[{i}/{len(cells)}] {cell['task']} {cell['method']} seed {cell['seed']}"
-            _note(progress, f"{label} ...")
-            record(cell, _run_cell_safe(cell, roots[id(cell)], label, progress, fail_fast), i)
-    else:
-        _run_parallel(cells, roots, jobs, progress, fail_fast, record)
+    todo = []
+    for cell in cells:
+        if states[id(cell)][0] == "finished":
+            record(cell, finished_result(roots[id(cell)], cell), skipped=True)
+        else:
+            todo.append(cell)
+    if len(todo) < len(cells):
+        _note(progress, f"{len(cells) - len(todo)} of {len(cells)} cells already finished (same config and "
+                        f"versions): skipped")
+    if stale:
+        _note(progress, f"{len(stale)} cell(s) made by another config or other versions: recomputed (--overwrite)")
+    if todo:
+        _note(progress, f"running {len(todo)} cell(s) {pool.description}, {cell_threads} torch thread(s) each")
+    if executor == "processes" and jobs * cell_threads > (os.cpu_count() or 1):
+        _note(progress, f"{jobs} jobs x {cell_threads} threads exceed the {os.cpu_count()} cores visible: they slow "
+                        "each other down; lower --jobs or run.threads")
+    work = [Job(id(c), CELL_FUNCTION, (c, roots[id(c)], labels[id(c)], progress, fail_fast)) for c in todo]
+    by_id = {id(c): c for c in todo}
+    try:
+        with stop_on_sigterm():
+            for job, result in pool.run(work):
+                record(by_id[job.key], result)
+    except (KeyboardInterrupt, Preempted) as exc:
+        pool.stop()
+        write_results(out, results_now(False))
+        render_bench(out)
+        left = len(cells) - len(rows) - len(failures)
+        why = "by SIGINT" if isinstance(exc, KeyboardInterrupt) else "by SIGTERM" if isinstance(exc, Stopped) \
+            else f"({exc})"
+        message = (f"bench stopped {why}: {len(rows)} of "
+                   f"{len(cells)} cells finished and kept in {out}; re-run the same command to run the other {left} "
+                   "(finished cells are skipped, unfinished ones resume from their last finished generation)")
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"collapsekit bench: {message}", file=sys.stderr, flush=True)
+            raise
+        raise Stopped(message) from None
     results = results_now(True)
     write_results(out, results)
     written = render_bench(out)
@@ -601,23 +554,3 @@ def _merge_task_meta(old: Mapping[str, Mapping], new: Mapping[str, Mapping]) -> 
 def _cell_order(cells: Sequence[Mapping]):
     order = {(c["task"], c["method"], c["seed"]): i for i, c in enumerate(cells)}
     return lambda key: order.get(key, len(order))
-
-
-def _run_parallel(cells, roots, jobs, progress, fail_fast, record) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    threads = _threads_per_job(jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {}
-        for i, cell in enumerate(cells, 1):
-            label = f"[{i}/{len(cells)}] {cell['task']} {cell['method']} seed {cell['seed']}"
-            futures[pool.submit(_run_cell_safe, cell, roots[id(cell)], label, progress, fail_fast)] = (cell, i)
-        try:
-            for future in as_completed(futures):
-                cell, i = futures[future]
-                record(cell, future.result(), i)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
