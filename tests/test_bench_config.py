@@ -323,3 +323,15 @@ def test_a_task_of_your_own_module_is_benchmarked_by_its_class_path(cli, tmp_pat
     assert results["meta"]["tasks"]["wide-gaussian"]["class_path"] == "my_tasks.WideGaussian"
     assert (tmp_path / "out" / "runs" / "wide" / "wide-gaussian" / "baseline-s0" / "gen_1" / "done").is_file()
     assert "`kl` ↓" in (tmp_path / "out" / "RESULTS.md").read_text()       # the task's own directions
+
+
+def test_a_variant_of_task_settings_changes_the_task_of_a_config_cell():
+    from collapsekit.bench.cells import cell_config
+
+    cell = {"method": "vllm", "seed": 3, "plugins": [], "threads": 1, "task_update": {"backend": "vllm"},
+            "config": {"run": {"name": "x", "plugins": ["accumulate"]}, "trainer": {"max_steps": 2},
+                       "task": {"class_path": "collapsekit.plugins.tasks.hf_lm.HFCausalLM", "init_args": {"lr": 0.1}}}}
+    config = cell_config(cell, "root")
+    assert config["task"]["init_args"] == {"lr": 0.1, "backend": "vllm"}
+    assert config["run"] == {"name": "vllm-s3", "root": "root", "seed": 3, "threads": 1, "plugins": ["accumulate"]}
+    assert cell["config"]["task"]["init_args"] == {"lr": 0.1}          # the base config is left as it was
