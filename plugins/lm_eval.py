@@ -14,9 +14,10 @@ Works with any task that declares :class:`~collapsekit.capabilities.Transformers
 ``transformers`` causal LM and its tokenizer, e.g. ``hf-lm``); any other task stops the run before
 training with one message. Needs the harness: ``pip install 'collapsekit[lm-eval]'``.
 
-Offline: task data load with the ``datasets`` library offline (local data files, or datasets already
-in the local cache); the tasks are loaded once when the run starts, so a missing dataset stops it
-before anything trains. Under DDP the evaluation runs in global rank 0 alone and the others receive
+Task data load as ``hf-lm``'s data do (:mod:`collapsekit.plugins.tasks.hub`): local data files, the
+``datasets`` cache, or the Hub when it answers (with ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set or
+the endpoint silent, the cache only). The tasks are loaded once when the run starts, so a dataset that
+cannot be had stops it before anything trains. Under DDP the evaluation runs in global rank 0 alone and the others receive
 its numbers (:func:`collapsekit.distributed.from_lead`). lm-eval seeds Python's, NumPy's and torch's
 global generators (its fixed defaults, so numbers compare with other lm-eval runs); their states are
 restored afterwards, so the run's own numbers do not depend on whether the plugin is active.
@@ -114,14 +115,18 @@ class LMEval:
             raise PluginError(f"{PLUGIN} needs lm-evaluation-harness, which does not import here ({exc}); "
                               "install it with: pip install 'collapsekit[lm-eval]'") from None
         self._manager = self._task_manager(TaskManager)
-        with _quiet_harness(), self._offline():
+        from collapsekit.plugins.tasks import hub
+
+        offline = hub.offline_reason()
+        with _quiet_harness(), self._datasets(offline):
             try:
                 self._manager.load(self.tasks)
             except Exception as exc:  # noqa: BLE001 - lm-eval and datasets raise many types; one message each
-                raise ConfigError(f"{PLUGIN}: cannot load the lm-eval tasks {self.tasks} offline "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}). "
+                where = f"from the local caches only ({offline})" if offline else "from the Hub or the local caches"
+                raise ConfigError(f"{PLUGIN}: cannot load the data of the lm-eval tasks {self.tasks} {where}: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}. "
                                   "Give local data files in the task YAML (dataset_path: json, dataset_kwargs: "
-                                  "{data_files: ...}), or load the dataset once on a machine with network so "
+                                  "{data_files: ...}), or load the dataset once where the network is allowed so "
                                   "that it is in the datasets cache") from None
 
     @hookimpl
@@ -150,7 +155,7 @@ class LMEval:
             self._manager = self._task_manager(TaskManager)
         states = global_rng_states()
         try:
-            with _quiet_harness(), self._offline():
+            with _quiet_harness(), self._datasets(True):      # fetched at configure: in the cache now
                 lm = HFLM(pretrained=model, tokenizer=self._tokenizer(task), batch_size=self.batch_size,
                           add_bos_token=self.add_bos_token, **self.model_args)
                 out = simple_evaluate(lm, tasks=list(self.tasks), task_manager=self._manager, limit=self.limit,
@@ -191,7 +196,8 @@ class LMEval:
         return [name for name in self.tasks if name not in known]
 
     @staticmethod
-    def _offline() -> Any:
-        from collapsekit.plugins.tasks.hf_data import datasets_offline
+    def _datasets(offline: Any) -> Any:
+        """``datasets`` without progress bars, with Hub access off when ``offline`` (a reason, or True)."""
+        from collapsekit.plugins.tasks import hub
 
-        return datasets_offline()
+        return hub.datasets_mode(offline=bool(offline), bars=False)

@@ -139,6 +139,22 @@ def test_missing_harness_and_unknown_tasks_are_one_message(tmp_path, monkeypatch
         LMEval(tasks="hellaswag")
 
 
+def test_task_data_that_cannot_be_had_offline_is_one_message(tmp_path, offline):
+    """A task whose data is a Hub dataset id, with HF_HUB_OFFLINE set and nothing cached: one ConfigError
+    at configure that says the Hub was not asked and why, and how to give the data locally."""
+    from collapsekit.errors import ConfigError
+    from collapsekit.plugins.tasks.hf_lm import HFCausalLM
+
+    folder = write_task(tmp_path / "tasks")
+    spec = yaml.safe_load((folder / f"{TASK}.yaml").read_text())
+    spec.update(dataset_path="collapsekit-tests/no-such-dataset", dataset_kwargs={})
+    (folder / f"{TASK}.yaml").write_text(yaml.safe_dump(spec))
+    run = type("R", (), {"task": HFCausalLM(**TINY_LM)})()
+    with pytest.raises(ConfigError, match=r"from the local caches only \(HF_HUB_OFFLINE=1 is set\).*"
+                                          r"dataset_path: json"):
+        LMEval(tasks=[TASK], include_path=str(folder)).configure(run)
+
+
 def test_report_draws_the_evaluation_with_stderr_bars():
     from collapsekit.bench.report import evaluation_metrics, stderr_of
 

@@ -150,7 +150,7 @@ def _listed(files: Any) -> list:
 
 
 @contextlib.contextmanager
-def _datasets_mode(offline: bool, bars: bool) -> Iterator[Any]:
+def datasets_mode(offline: bool, bars: bool) -> Iterator[Any]:
     """``datasets`` with its Hub access switched off (``offline``) and its progress bars and info logs
     off (unless ``bars``); everything is restored afterwards."""
     import datasets
@@ -188,7 +188,7 @@ def load_dataset(spec: Mapping[str, Any], what: str, owner: str) -> Any:
     spec = dict(spec)
     local = is_local_source(spec)
     offline = None if local else offline_reason()
-    with _datasets_mode(offline is not None, bars=not local) as datasets:
+    with datasets_mode(offline is not None, bars=not local) as datasets:
         try:
             loaded = datasets.load_dataset(**spec)
         except Exception as exc:  # noqa: BLE001 - datasets raises many types; each becomes one message
