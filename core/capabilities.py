@@ -243,9 +243,55 @@ class TransformersLM(Capability):
     tokenizer: Any
 
 
+class ItemWeights(Capability):
+    """The task's ``step`` honours per-item loss weights.
+
+    When the batch holds ``"weight"`` ``[N]`` (float, >= 0: the training pool's
+    :attr:`~collapsekit.pool.Pool.weights`), the returned ``"loss"`` is ``mean_i(w_i * l_i)``, where
+    ``l_i`` is item ``i``'s own loss as the unweighted loss counts it (so weights of 1 give exactly the
+    unweighted loss); an exact-fit task fits the correspondingly weighted estimate. Without the key the
+    loss is unchanged. The engine refuses a weighted pool for a task without this capability.
+    """
+
+    requirement = "item_weights"
+
+
+class Verifier(Capability):
+    """The task can check its items against ground truth that the trained models never see.
+
+    :meth:`verify` scores items (higher = more correct), deterministically: an exact source's
+    likelihood, an exact answer check, or a judge trained on real data outside the training and
+    held-out splits. ``verifier_kind`` names which, in a few words.
+    """
+
+    requirement = "verifier"
+    verifier_kind: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def verify(self, items: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Scores ``float64 [N]`` of the items ``items`` (pool arrays with the task's ``pool_keys``)."""
+
+
+class Corrector(Capability):
+    """The task can push its items toward the real data with an expert correction of given strength.
+
+    :meth:`correct` returns the corrected items (same array names, shapes and dtypes): strength 0
+    leaves every item unchanged, strength 1 applies the full correction; randomness only from
+    ``generator``. ``corrector_kind`` names the correction, in a few words.
+    """
+
+    requirement = "corrector"
+    corrector_kind: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def correct(self, items: Mapping[str, np.ndarray], strength: float, generator: torch.Generator
+                ) -> dict[str, np.ndarray]:
+        """The items after a correction of ``strength`` in [0, 1]."""
+
+
 CAPABILITIES: dict[str, type[Capability]] = {c.requirement: c for c in (
     Sampler, LabelledLogits, TokenSequences, HiddenStates, StepFeatures, Items, LatentEncoder, FrozenFeatures, TextItems,
-    ForgetRetain, TwoViews, PauseTokens, TransformersLM)}
+    ForgetRetain, TwoViews, PauseTokens, TransformersLM, ItemWeights, Verifier, Corrector)}
 """Every capability by its requirement name."""
 
 ENGINE_REQUIREMENTS = frozenset({"reference_model"})

@@ -96,9 +96,12 @@ def filter_samples(run, samples, generation):
     process of a distributed run, which must all return the same mask (draw any
     randomness from ``run.rng`` / ``run.torch_generator``). ``samples`` is the synthesized :class:`~collapsekit.pool.Pool`. Return a
     boolean ``numpy.ndarray`` of ``len(samples)`` (``True`` = keep), a
-    ``(keep, scores)`` tuple whose float ``scores`` are summarised in the
-    metrics, or ``None`` for no opinion. All masks are AND-ed; the kept share
-    per plugin is logged as ``filter/<plugin>/kept``.
+    ``(keep, scores)`` tuple of the mask and one finite float score per item, or
+    ``None`` for no opinion. All masks are AND-ed. Logged per plugin:
+    ``filter/<plugin>/kept`` (the share its mask keeps) and, with scores,
+    ``filter/<plugin>/score_mean`` (mean over *all* synthesized items) and
+    ``filter/<plugin>/kept_score_mean`` (mean over the items its mask keeps).
+    To score items under a model, use :func:`collapsekit.scoring.score_items`.
 
     A filter that keeps only part of what it sees may ask for more: a plugin
     attribute ``oversample = f`` (a number >= 1) makes every generation

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .capabilities import check_requirements
+from .capabilities import ItemWeights, check_requirements, provides
 from .contracts import as_float
 from .distributed import barrier, process_rank, world
 from .errors import CollapsekitError, Preempted
@@ -79,6 +79,7 @@ def train_generation(run: Run, generation: int, make_trainer: TrainerFactory):
     if pool is None:
         raise CollapsekitError("no compose_pool policy returned a pool; is the built-in 'replace' disabled?")
     run.task.check_pool(pool)
+    check_weights(run, pool)
     model = build_model(run, generation)
     module = GenerationalModule(run, generation, model)
     torch.manual_seed(derive_seed(run.seed, generation, "train"))
@@ -115,6 +116,17 @@ def train_generation(run: Run, generation: int, make_trainer: TrainerFactory):
     run.hooks.call("generation_end", run=run, generation=generation, module=module)
     module.model.eval()
     return module, pool
+
+
+def check_weights(run: Run, pool: Pool) -> None:
+    """Raise unless the task honours the per-item loss weights ``pool`` carries (if any)."""
+    task = run.task
+    if pool.weights is not None and not (isinstance(task, ItemWeights) and ItemWeights.requirement in provides(task)):
+        raise CollapsekitError(
+            f"the pool policy gave generation's training pool per-item loss weights, but task {task.name!r} "
+            f"({type(task).__name__}) does not have the capability ItemWeights (its step would ignore them); "
+            f"pick a task that weighs items (e.g. gaussian, linear-regression, digits-classify) or a pool policy "
+            f"without weights")
 
 
 SHARD_SIZE = 4096
@@ -156,7 +168,11 @@ def synthesize_shards(run: Run, model: torch.nn.Module, generation: int) -> Pool
 def filter_pool(run: Run, samples: Pool, generation: int) -> tuple[Pool, dict[str, float]]:
     """Apply every ``filter_samples`` mask (AND), then keep at most ``run.samples_per_generation`` of the
     items that passed (the first ones, in synthesis order: an oversampled generation is cut back to the
-    pool budget); return the kept pool and the filter metrics."""
+    pool budget); return the kept pool and the filter metrics.
+
+    Per filter: ``filter/<plugin>/kept`` (share of the synthesized items its mask keeps) and, when it
+    returns scores, ``filter/<plugin>/score_mean`` (mean score of *all* synthesized items) and
+    ``filter/<plugin>/kept_score_mean`` (mean score of the items its own mask keeps)."""
     run.task.check_pool(samples)
     keep = np.ones(len(samples), dtype=bool)
     stats: dict[str, float] = {"synthetic/generated": float(len(samples))}
@@ -168,7 +184,10 @@ def filter_pool(run: Run, samples: Pool, generation: int) -> tuple[Pool, dict[st
         keep &= mask
         stats[f"filter/{plugin}/kept"] = float(mask.mean()) if len(mask) else 1.0
         if scores is not None and len(scores):
+            scores = np.asarray(scores, dtype=np.float64)
             stats[f"filter/{plugin}/score_mean"] = float(np.mean(scores))
+            if mask.any():
+                stats[f"filter/{plugin}/kept_score_mean"] = float(np.mean(scores[mask]))
     passed = np.flatnonzero(keep)
     stats["synthetic/passed"] = float(len(passed))
     kept = samples.select(passed[:run.samples_per_generation])
@@ -206,6 +225,9 @@ def run_generation(run: Run, generation: int, make_trainer: TrainerFactory) -> d
     metrics["train/world_size"] = float(module.trainer.world_size)
     metrics["pool/size"] = float(len(pool))
     metrics["pool/real_share"] = float(np.mean(np.asarray(pool.origin_generation) < 0)) if len(pool) else 0.0
+    if pool.weights is not None and pool.weights.sum() > 0:
+        metrics["pool/real_weight_share"] = float(pool.weights[np.asarray(pool.origin_generation) < 0].sum()
+                                                  / pool.weights.sum())
     if lead:
         _finish(run, generation, metrics, files)
     barrier()
@@ -224,7 +246,7 @@ def _store(run: Run, generation: int, pool: Pool, kept: Pool) -> list[str]:
     gen_dir = run.gen_dir(generation)
     files = [f"pool/{f}" for f in kept.save(gen_dir / "pool").values()]
     files += run.task.write_samples(kept, gen_dir)
-    lineage = Pool({}, pool.origin_generation, pool.origin_index)
+    lineage = Pool({}, pool.origin_generation, pool.origin_index, pool.weights)
     files += [f"train_lineage/{f}" for f in lineage.save(gen_dir / "train_lineage").values()]
     return files
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .capabilities import provided_by
-from .pool import Pool
+from .pool import WEIGHT_KEY, Pool
 
 
 QUICK = "gpu-quick"
@@ -40,8 +40,17 @@ def quick_preset(gpu: Mapping[str, Any]) -> dict:
     return spec
 
 
+def pool_batch(pool: Pool, index: Any) -> dict[str, torch.Tensor]:
+    """The items ``index`` (an int, a slice or a list of positions) of ``pool`` as tensors, one per array,
+    plus ``"weight"`` (float64) when the pool carries per-item loss weights."""
+    batch = {k: torch.as_tensor(np.array(pool.arrays[k][index])) for k in pool.keys}
+    if pool.weights is not None:
+        batch[WEIGHT_KEY] = torch.as_tensor(np.array(pool.weights[index]))
+    return batch
+
+
 class PoolDataset(Dataset):
-    """Map-style dataset over a pool's arrays; items are dicts of tensors."""
+    """Map-style dataset over a pool's arrays (and weights, if any); items are dicts of tensors."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -51,7 +60,7 @@ class PoolDataset(Dataset):
         return len(self.pool)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: torch.as_tensor(np.array(self.pool.arrays[k][i])) for k in self.keys}
+        return pool_batch(self.pool, i)
 
 
 class _Batch(dict):
@@ -64,7 +73,7 @@ class PoolBatches(PoolDataset):
     tensors as collating the items. Use it with ``collate_fn=collate_batch``."""
 
     def __getitems__(self, indices: list[int]) -> _Batch:
-        return _Batch({k: torch.as_tensor(np.array(self.pool.arrays[k][indices])) for k in self.keys})
+        return _Batch(pool_batch(self.pool, indices))
 
 
 def collate_batch(data: Any) -> Any:
@@ -160,6 +169,18 @@ class Task:
             drop_last=False,
             collate_fn=collate_batch,
         )
+
+    def item_batches(self, pool: Pool, batch_size: int | None = None):
+        """The items of ``pool`` in order, as ``step`` takes them: batches (dicts of tensors) of at most
+        ``batch_size`` items (default: ``eval_batch_size`` if the task has one, else ``batch_size``),
+        nothing shuffled and no item dropped. What :mod:`collapsekit.scoring` scores items with.
+
+        Default: slices of the pool's arrays (:func:`pool_batch`). A task whose :meth:`dataloader`
+        reshapes batches (renamed keys, extra tensors) overrides it the same way.
+        """
+        size = int(batch_size or getattr(self, "eval_batch_size", None) or self.batch_size)
+        for start in range(0, len(pool), size):
+            yield pool_batch(pool, slice(start, min(start + size, len(pool))))
 
     # -- model --------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:

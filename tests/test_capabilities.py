@@ -35,10 +35,12 @@ def multiplication() -> Multiplication:
 
 
 def test_provides_is_derived_from_the_inherited_capabilities():
-    assert MarkovText.provides == {"sampler", "logits", "tokens", "hidden_states", "features", "items"}
+    assert MarkovText.provides == {"sampler", "logits", "tokens", "hidden_states", "features", "items", "verifier",
+                                   "corrector"}
     assert FactsUnlearning.provides >= {"forget_data", "text", "tokens"}
-    assert DigitsClassify.provides == {"sampler", "logits", "features", "hidden_states", "views"}
-    assert Gaussian.provides == {"sampler"}
+    assert DigitsClassify.provides == {"sampler", "logits", "features", "hidden_states", "views", "item_weights",
+                                       "verifier"}
+    assert Gaussian.provides == {"sampler", "item_weights"}
     assert "latents" not in Multiplication.provides      # its encode(a, b) formats problems; it is no encoder
     with pytest.raises(TypeError, match="derived from the capabilities"):
         type("Bad", (Task,), {"provides": frozenset({"tokens"})})

@@ -38,10 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collapsekit.capabilities import HiddenStates, LabelledLogits, Sampler, StepFeatures, TwoViews
+from collapsekit.capabilities import HiddenStates, ItemWeights, LabelledLogits, Sampler, StepFeatures, TwoViews
 from collapsekit.metrics import CalibrationError
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.tasks.digits import check_split, load_digit_images
+from collapsekit.plugins.tasks.experts import ExpertData, RealDataVerifier, spare_indices
 from collapsekit.plugins.sampling import filter_logits
 from collapsekit.pool import REAL, Pool
 from collapsekit.task import Task
@@ -189,7 +190,7 @@ class DigitsCNN(nn.Module):
 
 
 # -- task ------------------------------------------------------------------------------------------
-class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, TwoViews):
+class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, TwoViews, ItemWeights, RealDataVerifier):
     """Classification of the 8x8 digits with pseudo-label self-training across generations.
 
     Args:
@@ -279,8 +280,11 @@ class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], requirements: frozenset[str]) -> dict[str, Any]:
         images, labels = batch["images"].float(), batch["labels"].long()
         logits, hidden = model.forward_all(images)
-        return {"loss": F.cross_entropy(logits, labels), "logits": logits, "labels": labels,
-                "features": hidden[-1], "hidden_states": hidden}
+        if "weight" in batch:                       # per-item loss weights (ItemWeights)
+            loss = (batch["weight"].to(logits.dtype) * F.cross_entropy(logits, labels, reduction="none")).mean()
+        else:
+            loss = F.cross_entropy(logits, labels)
+        return {"loss": loss, "logits": logits, "labels": labels, "features": hidden[-1], "hidden_states": hidden}
 
     def augmented_views(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
         """Two random augmentations of ``batch`` forwarded through ``model`` (with gradients).
@@ -340,6 +344,16 @@ class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, 
             labels = torch.multinomial(probs, 1, generator=generator).squeeze(1) if n else logits.argmax(1)
         return {"images": images.numpy().astype(np.float32), "labels": labels.numpy().astype(np.int64),
                 "source": source}
+
+    # -- verifier ---------------------------------------------------------------------------------
+    def expert_data(self) -> ExpertData:
+        """Real digits for the verifier: the digits neither in training nor held out (images in [0, 1])."""
+        self._require_setup()
+        images, labels = load_digits_arrays()
+        spare = spare_indices(len(labels), self.train_index, self.heldout_index)
+        return ExpertData(self.train_images.reshape(len(self.train_images), -1), self.train_labels,
+                          images[spare].reshape(len(spare), -1), labels[spare], "images", "labels", NUM_CLASSES,
+                          int(self.seed))
 
     # -- probes ---------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, samples: Pool | None) -> dict[str, float]:

@@ -49,6 +49,7 @@ from collapsekit.capabilities import FrozenFeatures, LatentEncoder, Sampler, Ste
 from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.tasks.digits import check_split, load_digit_images
+from collapsekit.plugins.tasks.experts import ExpertData, RealDataCorrector, RealDataVerifier, spare_indices
 from collapsekit.pool import REAL, Pool
 from collapsekit.seeds import derive_seed
 from collapsekit.task import Task
@@ -223,7 +224,8 @@ class _ArrayBatches(torch.utils.data.Dataset):
 
 
 # -- task ----------------------------------------------------------------------------------------
-class DigitsDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures):
+class DigitsDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures, RealDataVerifier,
+                      RealDataCorrector):
     """Class-conditional DDPM on 8x8 digits, trained generation after generation on its own samples.
 
     Args:
@@ -445,6 +447,16 @@ class DigitsDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures
         if not logits:
             return torch.zeros((0, NUM_CLASSES)), torch.zeros((0, self.evaluator_hidden))
         return torch.cat(logits), torch.cat(feats)
+
+    # -- experts (verifier, corrector) ------------------------------------------------------------
+    def expert_data(self) -> ExpertData:
+        """Real digits for the verifier (the digits neither in training nor held out) and the corrector
+        (the training digits), as ``[N, 64]`` vectors in [-1, 1]."""
+        self._require_setup()
+        x, y = load_digit_vectors()
+        spare = spare_indices(len(y), self.train_index, self.heldout_index)
+        return ExpertData(self.train_x, self.train_y, x[spare], y[spare], self.input_key, self.label_key,
+                          NUM_CLASSES, int(self.seed))
 
     # -- probes -----------------------------------------------------------------------------------
     def _eval_generator(self, role: int) -> torch.Generator:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -16,11 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 from collapsekit.errors import CollapsekitError
 from collapsekit.pool import Pool
 from collapsekit.capabilities import Sampler
-from collapsekit.task import Task
+from collapsekit.task import Task, pool_batch
 
 
 class FullBatch(Dataset):
-    """A dataset of one item: every array of ``pool`` as a tensor (full-batch training)."""
+    """A dataset of one item: every array of ``pool`` as a tensor, plus ``"weight"`` when the pool carries
+    per-item loss weights (full-batch training)."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -31,7 +31,7 @@ class FullBatch(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if i != 0:
             raise IndexError(i)
-        return {k: torch.as_tensor(np.array(v)) for k, v in self.pool.arrays.items()}
+        return pool_batch(self.pool, slice(None))
 
 
 def full_batch_loader(pool: Pool, task_name: str) -> DataLoader:

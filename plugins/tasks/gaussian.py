@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from collapsekit.capabilities import ItemWeights
 from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.tasks.exact_fit import ExactFitTask
 from collapsekit.pool import REAL, Pool
@@ -90,12 +91,20 @@ class GaussianModel(nn.Module):
         return -0.5 * (z ** 2).sum(-1) - logdet - 0.5 * x.shape[-1] * math.log(2 * math.pi)
 
     @torch.no_grad()
-    def fit_(self, x: torch.Tensor) -> None:
-        """Set every replicate to the MLE (covariance divided by ``N``) of ``x [N, R, d]``."""
+    def fit_(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Set every replicate to the MLE (covariance divided by ``N``) of ``x [N, R, d]``; with per-item
+        ``weight [N]`` the weighted MLE: ``mu = sum_i w_i x_i / sum_i w_i``, covariance
+        ``sum_i w_i (x_i - mu)(x_i - mu)^T / sum_i w_i``."""
         x = x.to(torch.float64)
-        mean = x.mean(0)
+        w = torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if weight is None \
+            else weight.to(torch.float64)
+        w = w / w.sum()
+        mean = torch.einsum("n,nri->ri", w, x) if weight is not None else x.mean(0)
         centred = x - mean
-        cov = torch.einsum("nri,nrj->rij", centred, centred) / x.shape[0]
+        if weight is None:
+            cov = torch.einsum("nri,nrj->rij", centred, centred) / x.shape[0]
+        else:
+            cov = torch.einsum("n,nri,nrj->rij", w, centred, centred)
         low, info = torch.linalg.cholesky_ex(cov)
         if bool((info != 0).any()):
             raise CollapsekitError(
@@ -106,7 +115,7 @@ class GaussianModel(nn.Module):
         self.scale_tril.copy_(low)
 
 
-class Gaussian(ExactFitTask):
+class Gaussian(ExactFitTask, ItemWeights):
     """Self-consuming Gaussian MLE: variance collapse and mean drift against the closed forms.
 
     Args:
@@ -175,11 +184,15 @@ class Gaussian(ExactFitTask):
         return GaussianModel(self.replicates, self.dim)
 
     def step(self, model: nn.Module, batch: Mapping[str, torch.Tensor], requirements: frozenset[str]) -> dict:
-        """Fit the MLE exactly on the batch (in training mode), then return the mean negative log-likelihood."""
+        """Fit the MLE exactly on the batch (in training mode; the weighted MLE when the batch has per-item
+        ``"weight"``), then return the mean (weighted) negative log-likelihood."""
         x = batch["x"].to(torch.float64)
+        weight = batch.get("weight")
         if model.training:
-            model.fit_(x)
-        return {"loss": -model(x).mean()}
+            model.fit_(x, weight)
+        if weight is None:
+            return {"loss": -model(x).mean()}
+        return {"loss": (weight.to(torch.float64) * -model(x).mean(-1)).mean()}
 
     # -- synthesis and probes ----------------------------------------------
     @torch.no_grad()

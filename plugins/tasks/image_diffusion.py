@@ -62,6 +62,7 @@ from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.tasks.digits import load_digit_images
 from collapsekit.plugins.tasks.digits_diffusion import Denoiser, ole_objective
+from collapsekit.plugins.tasks.experts import ExpertData, RealDataCorrector, RealDataVerifier, spare_indices
 from collapsekit.pool import REAL, Pool
 from collapsekit.seeds import derive_seed
 from collapsekit.task import Task
@@ -315,7 +316,8 @@ def unet_forward(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: tor
     return out, (mid_features(captured[0]) if captured else None)
 
 
-class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures):
+class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures, RealDataVerifier,
+                     RealDataCorrector):
     """A diffusers DDPM on images, trained generation after generation on its own samples.
 
     Args:
@@ -415,6 +417,8 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures)
         self.data = None if data is None else dict(data)
         self.image_key, self.label_column = image_key, label_key
         self.label_key = "label" if label_key is not None else None    # pool array (Items capability)
+        if label_key is None:       # the real-data experts classify and cluster by label
+            self.provides = type(self).provides - {"verifier", "corrector"}
         self.resolution, self.train_size, self.heldout_size = resolution, train_size, heldout_size
         self.model_kind, self.unet_config, self.mlp_config = model, dict(unet or {}), dict(mlp or {})
         unknown = set(self.mlp_config) - {"hidden", "depth", "time_dim"}
@@ -660,6 +664,21 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures)
         if not parts:
             return torch.zeros((0, 1)), torch.zeros((0, self.evaluator.num_features))
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]).float()
+
+    # -- experts (verifier, corrector) ------------------------------------------------------------
+    def expert_data(self) -> ExpertData:
+        """Real images for the verifier (those neither in training nor held out) and the corrector (the
+        training images), flattened; labelled data only."""
+        self._require_setup()
+        if not self.conditional:
+            raise CollapsekitError("image-diffusion: the verifier and the corrector need labelled data "
+                                   "(label_key); this run's data are unlabelled")
+        images, labels, _ = _load_cached(json.dumps(self.data, sort_keys=True), self.image_key, self.label_column,
+                                         self.resolution)
+        spare = spare_indices(len(labels), self.train_index, self.heldout_index)
+        flat = lambda a: np.asarray(a).reshape(len(a), -1)
+        return ExpertData(flat(self.train_x), self.train_y, flat(images[spare]), labels[spare], self.input_key,
+                          "label", int(self.num_classes), int(self.seed))
 
     # -- probes -----------------------------------------------------------------------------------
     def _make_evaluator(self, seed: int) -> nn.Module:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from collapsekit.capabilities import ItemWeights
 from collapsekit.plugins.tasks.exact_fit import ExactFitTask
 from collapsekit.pool import REAL, Pool
 from ._bench import CHEAP_SEEDS
@@ -49,10 +50,14 @@ class ReplicatedLinear(nn.Module):
         return torch.einsum("nrd,rd->nr", x.to(self.weight.dtype), self.weight)
 
     @torch.no_grad()
-    def fit_(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Set every replicate's weights to the least-squares solution on ``x [N, R, d]``, ``y [N, R]``."""
+    def fit_(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Set every replicate's weights to the least-squares solution on ``x [N, R, d]``, ``y [N, R]``; with
+        per-item ``weight [N]`` the weighted least squares ``argmin_w sum_i w_i (y_i - x_i w)^2``."""
         a = x.to(torch.float64).transpose(0, 1)                       # [R, N, d]
         b = y.to(torch.float64).transpose(0, 1).unsqueeze(-1)         # [R, N, 1]
+        if weight is not None:                                        # rows scaled by sqrt(w_i)
+            root = weight.to(torch.float64).sqrt()[None, :, None]
+            a, b = a * root, b * root
         driver = "gelsd" if a.device.type == "cpu" else None      # CUDA offers only "gels" (full rank)
         self.weight.copy_(torch.linalg.lstsq(a, b, driver=driver).solution.squeeze(-1))
 
@@ -63,7 +68,7 @@ def excess_error(w_hat: np.ndarray, w_star: np.ndarray, eigenvalues: np.ndarray)
     return (diff ** 2 * np.asarray(eigenvalues, dtype=np.float64)).sum(-1)
 
 
-class LinearRegression(ExactFitTask):
+class LinearRegression(ExactFitTask, ItemWeights):
     """Self-consuming OLS on a fixed design: excess test error against the closed forms.
 
     Args:
@@ -135,12 +140,16 @@ class LinearRegression(ExactFitTask):
         return ReplicatedLinear(self.replicates, self.dim)
 
     def step(self, model: nn.Module, batch: Mapping[str, torch.Tensor], requirements: frozenset[str]) -> dict:
-        """Fit OLS exactly on the batch (in training mode), then return the mean squared error."""
+        """Fit OLS exactly on the batch (in training mode; weighted least squares when the batch has per-item
+        ``"weight"``), then return the mean (weighted) squared error."""
         x, y = batch["x"].to(torch.float64), batch["y"].to(torch.float64)
+        weight = batch.get("weight")
         if model.training:
-            model.fit_(x, y)
+            model.fit_(x, y, weight)
         pred = model(x)
-        return {"loss": ((pred - y) ** 2).mean(), "logits": pred, "labels": y}
+        loss = ((pred - y) ** 2).mean() if weight is None else \
+            (weight.to(torch.float64) * ((pred - y) ** 2).mean(-1)).mean()
+        return {"loss": loss, "logits": pred, "labels": y}
 
     # -- synthesis and probes ----------------------------------------------
     @torch.no_grad()

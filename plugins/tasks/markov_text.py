@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from collapsekit.capabilities import Corrector, Verifier
 from collapsekit.distributed import all_sum, shard
 from collapsekit.pool import Pool
 from collapsekit.plugins.tasks.language import CausalLMTask
@@ -62,7 +63,46 @@ def sample_chain(P: np.ndarray, init: np.ndarray, n: int, length: int, rng: np.r
     return out
 
 
-class MarkovText(CausalLMTask):
+def source_log_likelihood(tokens: np.ndarray, transition: np.ndarray, initial: np.ndarray) -> np.ndarray:
+    """Mean log-probability per token ``[N]`` (float64) of content sequences ``tokens [N, T]`` under the
+    chain: ``(log initial[x_1] + sum_t log P[x_{t-1}, x_t]) / T``; an id outside the vocabulary or a
+    transition of probability 0 counts ``log(1e-300)``."""
+    x = np.asarray(tokens, dtype=np.int64)
+    v = len(initial)
+    valid = (x >= 0) & (x < v)
+    xs = np.where(valid, x, 0)
+    logp = np.log(np.maximum(transition, 1e-300))
+    step = logp[xs[:, :-1], xs[:, 1:]]
+    step = np.where(valid[:, :-1] & valid[:, 1:], step, np.log(1e-300))
+    first = np.where(valid[:, 0], np.log(np.maximum(initial[xs[:, 0]], 1e-300)), np.log(1e-300))
+    return (first + step.sum(1)) / x.shape[1]
+
+
+def correct_chain(tokens: np.ndarray, transition: np.ndarray, initial: np.ndarray, threshold: float,
+                  strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Content sequences ``tokens [N, T]`` with improbable transitions pushed toward the source.
+
+    Left to right, every token whose probability given the (already corrected) token before it --
+    ``initial`` for the first -- is below ``threshold`` is, with probability ``strength``, redrawn from
+    the source's next-token distribution given that token. ``strength`` 0 changes nothing.
+    """
+    x = np.array(tokens, dtype=np.int64, copy=True)
+    v = len(initial)
+    cdf = np.cumsum(transition, axis=1)
+    init_cdf = np.cumsum(initial)
+    for t in range(x.shape[1]):
+        if t == 0:
+            p, row_cdf = initial[np.clip(x[:, 0], 0, v - 1)], np.broadcast_to(init_cdf, (len(x), v))
+        else:
+            prev = x[:, t - 1]
+            p, row_cdf = transition[prev, np.clip(x[:, t], 0, v - 1)], cdf[prev]
+        bad = ((p < threshold) | (x[:, t] < 0) | (x[:, t] >= v)) & (rng.random(len(x)) < strength)
+        draw = np.minimum((rng.random(len(x))[:, None] > row_cdf).sum(1), v - 1)
+        x[:, t] = np.where(bad, draw, x[:, t])
+    return x
+
+
+class MarkovText(CausalLMTask, Verifier, Corrector):
     """Self-consuming language modelling of a known Markov source (exact KL and tail mass)."""
 
     name: ClassVar[str] = "markov-text"
@@ -170,3 +210,23 @@ class MarkovText(CausalLMTask):
 
     def extra_metrics(self, model, samples):
         return self.source_divergence(model)
+
+    # -- experts from the known source (Verifier, Corrector) --------------------------------------
+    verifier_kind: ClassVar[str] = "exact mean log-likelihood per token under the known Markov source"
+    corrector_kind: ClassVar[str] = ("each token whose source probability given the token before it is below "
+                                     "tail_threshold is redrawn from the source with probability strength")
+
+    def verify(self, items):
+        """Exact mean log-likelihood per token of each sequence under the source (:func:`source_log_likelihood`)."""
+        return source_log_likelihood(np.asarray(items["tokens"])[:, 1:], self.transition, self.initial)
+
+    def correct(self, items, strength, generator):
+        """Improbable transitions (source probability < ``tail_threshold``) redrawn from the source with
+        probability ``strength`` (:func:`correct_chain`); randomness from ``generator``."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"correction strength must be in [0, 1], got {strength!r}")
+        tokens = np.asarray(items["tokens"])
+        rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
+        content = correct_chain(tokens[:, 1:], self.transition, self.initial, self.tail_threshold, strength, rng)
+        return {**{k: np.asarray(v) for k, v in items.items()},
+                "tokens": np.concatenate([tokens[:, :1], content], axis=1).astype(tokens.dtype)}

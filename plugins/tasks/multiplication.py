@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from collapsekit.capabilities import PauseTokens
+from collapsekit.capabilities import Corrector, PauseTokens, Verifier
 from collapsekit.pool import Pool
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.sampling import sample_tokens
@@ -38,7 +38,7 @@ IGNORE = -100
 _MAX_LAYERS = 48
 
 
-class Multiplication(CausalLMTask, PauseTokens):
+class Multiplication(CausalLMTask, PauseTokens, Verifier, Corrector):
     """Generated ``digits x digits_b`` multiplication, reversed-digit format, optional pause tokens."""
 
     name: ClassVar[str] = "multiplication"
@@ -267,6 +267,26 @@ class Multiplication(CausalLMTask, PauseTokens):
         if samples is not None and len(samples):
             metrics["synthetic_exact_match"] = float(self.correct(np.asarray(samples.arrays["tokens"])).mean())
         return metrics
+
+    # -- experts: the exact product (Verifier, Corrector) ---------------------------------
+    verifier_kind: ClassVar[str] = "exact answer check: the share of answer digits equal to the true product's (1 = exact)"
+    corrector_kind: ClassVar[str] = "with probability strength an item's answer is replaced by the true product"
+
+    def verify(self, items):
+        """Share of each row's answer digits that equal the true product's (1.0 = an exact answer)."""
+        tokens = np.asarray(items["tokens"])
+        a, b = self.decode_operands(tokens)
+        return (self.answers(tokens) == _reversed_digits(a * b, self.answer_len)).mean(axis=1).astype(np.float64)
+
+    def correct(self, items, strength, generator):
+        """Each row's answer replaced by the true product with probability ``strength`` (from ``generator``)."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"correction strength must be in [0, 1], got {strength!r}")
+        tokens = np.array(items["tokens"], copy=True)
+        fix = (torch.rand(len(tokens), generator=generator) < strength).numpy()
+        a, b = self.decode_operands(tokens[fix])
+        tokens[fix, self.prompt_len:] = _reversed_digits(a * b, self.answer_len)
+        return {**{k: np.asarray(v) for k, v in items.items()}, "tokens": tokens}
 
     # -- presets ------------------------------------------------------------------------
     presets: ClassVar[dict[str, dict]] = {
