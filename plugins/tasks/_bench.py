@@ -4,3 +4,13 @@ from __future__ import annotations
 #: seeds of the ``cpu`` preset for tasks cheap enough to afford them (a paired comparison needs >= 3;
 #: the budget arithmetic is in configs/bench/README.md)
 CHEAP_SEEDS = [0, 1, 2, 3, 4]
+
+#: the controls of the selection methods: the same plugin choosing as blindly (variants of a preset)
+VERIFIER_VARIANTS = {
+    "verifier-filter-random": {"plugin": "verifier-filter", "init_args": {"verifier": "random"}},
+    "verifier-filter-model": {"plugin": "verifier-filter", "init_args": {"verifier": "model"}},
+}
+DETECTOR_VARIANTS = {"detector-reweight-random": {"plugin": "detector-reweight", "init_args": {"bias": 0.0}}}
+#: each selection method compared, paired by seed, with its blind control of the same kept share
+SELECTION_CONTROLS = {"verifier-filter": "verifier-filter-random", "verifier-filter-model": "verifier-filter-random",
+                      "detector-reweight": "detector-reweight-random"}

@@ -46,7 +46,7 @@ from collapsekit.plugins.tasks.experts import ExpertData, RealDataVerifier, spar
 from collapsekit.plugins.sampling import filter_logits
 from collapsekit.pool import REAL, Pool
 from collapsekit.task import Task
-from ._bench import CHEAP_SEEDS
+from ._bench import CHEAP_SEEDS, VERIFIER_VARIANTS
 
 NUM_CLASSES = 10
 SIDE = 8
@@ -214,7 +214,11 @@ class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, 
         "effective_rank": True, "label_agreement": True, "within_class_variation": True, "class_separation": True,
     }
     headline: ClassVar[tuple[str, ...]] = ("accuracy", "nc1", "effective_rank", "label_agreement")
-    bench_methods: ClassVar[tuple[str, ...]] = ("baseline", "label-smoothing", "maxsup", "vicreg")
+    bench_methods: ClassVar[tuple[str, ...]] = ("baseline", "label-smoothing", "maxsup", "vicreg", "verifier-filter",
+                                                "verifier-filter-random")
+    #: the verifier's control: the same filter keeping the same share of pseudo-labelled items at random
+    bench_variants: ClassVar[dict[str, dict]] = {"verifier-filter-random": VERIFIER_VARIANTS["verifier-filter-random"]}
+    bench_controls: ClassVar[dict[str, str]] = {"verifier-filter": "verifier-filter-random"}
     #: hidden layers of :class:`DigitsMLP` (the ``hidden_states`` the step returns)
     n_layer: ClassVar[int] = 2
 
@@ -239,12 +243,12 @@ class DigitsClassify(Task, Sampler, LabelledLogits, StepFeatures, HiddenStates, 
 
     presets: ClassVar[dict[str, dict]] = {
         "smoke": {"task": {"train_size": 300, "heldout_size": 200, "hidden": 64, "feature_dim": 16, "lr": 1e-2},
-                  "trainer": {"max_steps": 60}, "generations": 2},
+                  "trainer": {"max_steps": 60}, "generations": 2, "variants": bench_variants},
         "cpu": {"task": {"train_size": 1000, "heldout_size": 500},
-                "trainer": {"max_steps": 600}, "generations": 5, "seeds": CHEAP_SEEDS},
+                "trainer": {"max_steps": 600}, "generations": 5, "seeds": CHEAP_SEEDS, "variants": bench_variants},
         "gpu": {"task": {"train_size": 1297, "heldout_size": 500, "hidden": 512, "feature_dim": 128,
                          "batch_size": 128},
-                "trainer": {"max_steps": 4000}, "generations": 10},
+                "trainer": {"max_steps": 4000}, "generations": 10, "variants": bench_variants},
     }
     """Run settings per bench preset:
     ``smoke`` (tests, seconds), ``cpu`` (5-9 s per method-seed on one core) and ``gpu``."""

@@ -53,7 +53,7 @@ from collapsekit.plugins.tasks.experts import ExpertData, RealDataCorrector, Rea
 from collapsekit.pool import REAL, Pool
 from collapsekit.seeds import derive_seed
 from collapsekit.task import Task
-from ._bench import CHEAP_SEEDS
+from ._bench import CHEAP_SEEDS, DETECTOR_VARIANTS, SELECTION_CONTROLS, VERIFIER_VARIANTS
 
 NUM_CLASSES = 10
 DIM = 64
@@ -249,13 +249,16 @@ class DigitsDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures
     headline: ClassVar[tuple[str, ...]] = ("fid", "class_accuracy", "ole", "effective_rank")
     bench_methods: ClassVar[tuple[str, ...]] = (
         "baseline", "accumulate", "accumulate-subsample", "accumulate-subsample+latent-filter",
-        "accumulate-subsample+latent-filter-random")
-    #: the control of LSF: the same filter keeping the same share of synthetic items, chosen at random
+        "accumulate-subsample+latent-filter-random", "verifier-filter", "verifier-filter-random", "self-correct",
+        "detector-reweight", "detector-reweight-random")
+    #: the controls of LSF, the verifier and the detector: the same plugins keeping the same share at random
     bench_variants: ClassVar[dict[str, dict]] = {
-        "latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}}}
-    #: RESULTS.md also compares LSF with that control, paired by seed
+        "latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}},
+        "verifier-filter-random": VERIFIER_VARIANTS["verifier-filter-random"], **DETECTOR_VARIANTS}
+    #: RESULTS.md also compares each with its control, paired by seed
     bench_controls: ClassVar[dict[str, str]] = {
-        "accumulate-subsample+latent-filter": "accumulate-subsample+latent-filter-random"}
+        "accumulate-subsample+latent-filter": "accumulate-subsample+latent-filter-random",
+        "verifier-filter": "verifier-filter-random", "detector-reweight": "detector-reweight-random"}
     #: pool keys of the input and of the class label (read by label-aware plugins such as latent-filter)
     input_key: ClassVar[str] = "x"
     label_key: ClassVar[str] = "y"

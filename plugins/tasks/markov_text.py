@@ -20,7 +20,7 @@ from collapsekit.capabilities import Corrector, Verifier
 from collapsekit.distributed import all_sum, shard
 from collapsekit.pool import Pool
 from collapsekit.plugins.tasks.language import CausalLMTask
-from ._bench import CHEAP_SEEDS
+from ._bench import CHEAP_SEEDS, DETECTOR_VARIANTS, SELECTION_CONTROLS, VERIFIER_VARIANTS
 
 
 def markov_source(vocab_size: int, zipf_exponent: float, deterministic_share: float,
@@ -108,7 +108,13 @@ class MarkovText(CausalLMTask, Verifier, Corrector):
     name: ClassVar[str] = "markov-text"
     headline: ClassVar[tuple[str, ...]] = ("kl", "tail_mass_lost", "tail_coverage", "heldout_nll")
     bench_methods: ClassVar[tuple[str, ...]] = (
-        "baseline", "accumulate", "accumulate-subsample", "fresh-mix", "token-editing")
+        "baseline", "accumulate", "accumulate-subsample", "fresh-mix", "token-editing",
+        "verifier-filter", "verifier-filter-model", "verifier-filter-random", "self-correct",
+        "detector-reweight", "detector-reweight-random")
+    #: the controls of the selection methods: the same plugins keeping the same share blindly
+    bench_variants: ClassVar[dict[str, dict]] = {**VERIFIER_VARIANTS, **DETECTOR_VARIANTS}
+    #: RESULTS.md compares each selection method with its control, paired by seed
+    bench_controls: ClassVar[dict[str, str]] = dict(SELECTION_CONTROLS)
     higher_is_better: ClassVar[dict[str, bool]] = {
         **CausalLMTask.higher_is_better, "kl": False, "tail_mass_lost": False, "tail_coverage": True,
     }
@@ -151,17 +157,18 @@ class MarkovText(CausalLMTask, Verifier, Corrector):
 
     presets: ClassVar[dict[str, dict]] = {
         "smoke": {"task": {"train_size": 200, "heldout_size": 100, "seq_len": 32, "n_layer": 1,
-                           "n_embd": 32}, "trainer": {"max_steps": 60}, "generations": 2},
+                           "n_embd": 32}, "trainer": {"max_steps": 60}, "generations": 2,
+                  "variants": bench_variants},
         # token editing at 0.95, not the paper's 0.99: this small model puts 0.95-0.99 on the source's
         # near-deterministic transitions (true p 0.995), so 0.99 flags 2% of positions and 0.95 22%
         # (seed 0, generation 0; 0.9 flags 22% too). More steps do not help: 1000 steps overfit the
         # 1000 training sequences (generation-0 KL 0.22 instead of 0.09) while flagging 14%.
         "cpu": {"task": {"train_size": 1000, "heldout_size": 500, "n_layer": 1, "n_embd": 32},
                 "trainer": {"max_steps": 300}, "generations": 5, "seeds": CHEAP_SEEDS,
-                "plugin_args": {"token-editing": {"threshold": 0.95}}},
+                "plugin_args": {"token-editing": {"threshold": 0.95}}, "variants": bench_variants},
         "gpu": {"task": {"vocab_size": 256, "train_size": 20000, "heldout_size": 2000, "seq_len": 128,
                          "n_layer": 6, "n_embd": 256, "n_head": 8, "batch_size": 128},
-                "trainer": {"max_steps": 5000}, "generations": 10},
+                "trainer": {"max_steps": 5000}, "generations": 10, "variants": bench_variants},
     }
     """Run settings per bench preset:
     ``smoke`` (tests), ``cpu`` (the CPU prototype's sizes, about 25 s per method-seed on one

@@ -30,6 +30,7 @@ from collapsekit.pool import Pool
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.sampling import sample_tokens
 from collapsekit.plugins.tasks.language import CausalLMTask
+from ._bench import VERIFIER_VARIANTS
 
 DIGITS = 10
 TIMES, EQUALS, PAUSE = 10, 11, 12
@@ -43,7 +44,11 @@ class Multiplication(CausalLMTask, PauseTokens, Verifier, Corrector):
 
     name: ClassVar[str] = "multiplication"
     headline: ClassVar[tuple[str, ...]] = ("exact_match", "digit_accuracy", "rank_mean", "synthetic_exact_match")
-    bench_methods: ClassVar[tuple[str, ...]] = ("baseline", "seqvcr", "pause-tokens", "seqvcr+pause-tokens")
+    bench_methods: ClassVar[tuple[str, ...]] = ("baseline", "seqvcr", "pause-tokens", "seqvcr+pause-tokens",
+                                                "verifier-filter", "verifier-filter-random")
+    #: the verifier's control: the same filter keeping the same share of self-generated answers at random
+    bench_variants: ClassVar[dict[str, dict]] = {"verifier-filter-random": VERIFIER_VARIANTS["verifier-filter-random"]}
+    bench_controls: ClassVar[dict[str, str]] = {"verifier-filter": "verifier-filter-random"}
     higher_is_better: ClassVar[dict[str, bool]] = {
         "exact_match": True, "digit_accuracy": True, "answer_nll": False,
         "synthetic_exact_match": True, "rank_mean": True,
@@ -291,19 +296,20 @@ class Multiplication(CausalLMTask, PauseTokens, Verifier, Corrector):
     # -- presets ------------------------------------------------------------------------
     presets: ClassVar[dict[str, dict]] = {
         "smoke": {"task": {"digits": 2, "train_size": 256, "heldout_size": 64, "n_layer": 1, "n_embd": 16,
-                           "batch_size": 32}, "trainer": {"max_steps": 20}, "generations": 2},
+                           "batch_size": 32}, "trainer": {"max_steps": 20}, "generations": 2,
+                  "variants": bench_variants},
         "cpu": {"task": {"digits": 2, "train_size": 7000, "heldout_size": 500, "n_layer": 4, "n_embd": 128,
                          "n_head": 4, "batch_size": 128, "lr": 2e-3}, "trainer": {"max_steps": 1500},
                 "generations": 2, "seeds": [0, 1],
                 # ~425 CPU-s per cell on the 2-core reference machine: the cheap tasks' 5 seeds already fill
                 # the cpu suite's 45 minutes there (configs/bench/README.md), so it runs when named
-                "opt_in": "8 cells of ~9 CPU-minutes each at 1 thread"},
+                "opt_in": "12 cells of ~9 CPU-minutes each at 1 thread", "variants": bench_variants},
         "gpu": {"task": {"digits": 4, "train_size": 80000, "heldout_size": 1000, "n_layer": 6, "n_embd": 384,
                          "n_head": 6, "batch_size": 256, "lr": 5e-4}, "trainer": {"max_steps": 20000},
-                "generations": 3},
+                "generations": 3, "variants": bench_variants},
         "gpu-5x5": {"task": {"digits": 5, "train_size": 200000, "heldout_size": 1000, "n_layer": 12,
                              "n_embd": 768, "n_head": 12, "batch_size": 256, "lr": 3e-4},
-                    "trainer": {"max_steps": 40000}, "generations": 3},
+                    "trainer": {"max_steps": 40000}, "generations": 3, "variants": bench_variants},
     }
     """Run settings per bench preset:
     ``smoke`` (tests), ``cpu`` (2x2 digits, 5-6 min per method-seed on one core: the
