@@ -259,7 +259,7 @@ class ItemWeights(Capability):
 class Verifier(Capability):
     """The task can check its items against ground truth that the trained models never see.
 
-    :meth:`verify` scores items (higher = more correct), deterministically: an exact source's
+    :meth:`verify_items` scores items (higher = more correct), deterministically: an exact source's
     likelihood, an exact answer check, or a judge trained on real data outside the training and
     held-out splits. ``verifier_kind`` names which, in a few words.
     """
@@ -268,14 +268,14 @@ class Verifier(Capability):
     verifier_kind: ClassVar[str] = ""
 
     @abc.abstractmethod
-    def verify(self, items: Mapping[str, np.ndarray]) -> np.ndarray:
+    def verify_items(self, items: Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores ``float64 [N]`` of the items ``items`` (pool arrays with the task's ``pool_keys``)."""
 
 
 class Corrector(Capability):
     """The task can push its items toward the real data with an expert correction of given strength.
 
-    :meth:`correct` returns the corrected items (same array names, shapes and dtypes): strength 0
+    :meth:`correct_items` returns the corrected items (same array names, shapes and dtypes): strength 0
     leaves every item unchanged, strength 1 applies the full correction; randomness only from
     ``generator``. ``corrector_kind`` names the correction, in a few words.
     """
@@ -284,7 +284,7 @@ class Corrector(Capability):
     corrector_kind: ClassVar[str] = ""
 
     @abc.abstractmethod
-    def correct(self, items: Mapping[str, np.ndarray], strength: float, generator: torch.Generator
+    def correct_items(self, items: Mapping[str, np.ndarray], strength: float, generator: torch.Generator
                 ) -> dict[str, np.ndarray]:
         """The items after a correction of ``strength`` in [0, 1]."""
 

@@ -451,7 +451,7 @@ def cmd_new_plugin(argv: Sequence[str]) -> int:
     from .template import create_plugin
 
     path = create_plugin(args.name, Path(args.dest))
-    print(f"created {path}; next: pip install -e {path} && python -m pytest {path}")
+    print(f"created {path}; next: pip install -e '{path}[test]' && python -m pytest {path}")
     return 0
 
 

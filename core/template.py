@@ -76,7 +76,7 @@ def create_plugin(name: str, dest: str | Path = ".") -> Path:
 
     It holds ``pyproject.toml`` (entry point ``<name>`` in group ``collapsekit``),
     the package ``collapsekit_<name>`` (pure ``functional.py`` and ``plugin.py``
-    with an example ``loss_terms`` and ``metrics`` hook), ``README.md`` and
+    with an example ``loss_terms``, ``filter_samples`` and ``metrics`` hook), ``README.md`` and
     ``tests/test_<name>.py`` using the conformance kit; it installs with
     ``pip install -e`` and its tests pass as generated. Never overwrites:
     raises :class:`TemplateError` when the folder exists or the name is bad or taken.

@@ -115,6 +115,8 @@ def test_every_hook_is_exercised_in_a_real_run(tmp_path, tiny_task, recorder):
         assert m["loss/recorder_l2"] > 0
         assert m["loss/total"] == pytest.approx(m["loss/task"] + m["loss/recorder_l2"], rel=1e-6)
         assert m["filter/recorder/kept"] == 0.5
+        assert m["filter/recorder/score_mean"] == 9.5               # scores 0..19: all items
+        assert m["filter/recorder/kept_score_mean"] == 10.0         # the odd ones, which the mask keeps
         assert m["synthetic/kept"] == 10
         assert "recorder/param_norm" in m and "kl" in m
     assert results[1]["pool/size"] == 8 + 10

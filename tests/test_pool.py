@@ -72,3 +72,31 @@ def test_history_is_lazy_and_indexable(tmp_path):
     assert history[-1].origin_generation[0] == 2
     with pytest.raises(IndexError):
         history[3]
+
+
+def test_weights_follow_select_concat_and_files(tmp_path):
+    weighted = make(3, REAL).with_weights([2.0, 0.5, 1.0])
+    merged = Pool.concat([weighted, make(2, 0)])                 # an unweighted pool's items weigh 1
+    assert merged.weights.tolist() == [2.0, 0.5, 1.0, 1.0, 1.0]
+    assert merged.select([4, 0]).weights.tolist() == [1.0, 2.0]
+    assert Pool.concat([make(1, 0), make(1, 1)]).weights is None
+    merged.save(tmp_path / "w")
+    assert Pool.load(tmp_path / "w").weights.tolist() == merged.weights.tolist()
+    assert "weight" not in Pool.load(tmp_path / "w").arrays
+
+
+@pytest.mark.parametrize("weights, fragment", [([1.0, 2.0], "shape"), ([1.0, -1.0, 1.0], ">= 0"),
+                                               ([1.0, float("nan"), 1.0], "finite")])
+def test_bad_weights_and_the_reserved_name_are_refused(weights, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        make(3, 0).with_weights(weights)
+    with pytest.raises(ValueError, match="reserved for per-item loss weights"):
+        Pool.fresh({"weight": np.zeros(2)}, 0)
+
+
+def test_batches_carry_the_weights():
+    from collapsekit.task import PoolBatches, pool_batch
+
+    pool = make(4, 0).with_weights([1.0, 2.0, 3.0, 4.0])
+    assert PoolBatches(pool).__getitems__([3, 1])["weight"].tolist() == [4.0, 2.0]
+    assert "weight" not in pool_batch(make(4, 0), slice(0, 2))

@@ -14,6 +14,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 import uuid
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,6 +85,8 @@ def test_generated_files_are_complete(tmp_path):
 def test_cli_new_plugin(tmp_path, capsys):
     assert cli_main(["new-plugin", "cli-made", "--dest", str(tmp_path)]) == 0
     assert (tmp_path / "collapsekit-cli-made" / "pyproject.toml").is_file()
+    out = capsys.readouterr().out
+    assert f"pip install -e '{tmp_path / 'collapsekit-cli-made'}[test]'" in out      # installs pytest too
     assert cli_main(["new-plugin", "cli-made", "--dest", str(tmp_path)]) == 2
     assert cli_main(["new-plugin", "Bad Name", "--dest", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -97,7 +100,8 @@ def test_generated_plugin_installs_is_discovered_passes_its_tests_and_runs(tmp_p
     proc = None
     try:
         info = discover()[name]
-        assert (info.distribution, info.error, info.hooks) == (f"collapsekit-{name}", None, ["loss_terms", "metrics"])
+        assert (info.distribution, info.error, info.hooks) == (f"collapsekit-{name}", None,
+                                                               ["filter_samples", "loss_terms", "metrics"])
 
         # the generated tests, as the author runs them, in a fresh interpreter (meanwhile: a run here)
         proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)],
@@ -113,6 +117,8 @@ def test_generated_plugin_installs_is_discovered_passes_its_tests_and_runs(tmp_p
         assert metrics[f"{name}/weight_norm"] == pytest.approx(norm, rel=1e-9)
         assert metrics[f"loss/{name}_l2"] > 0
         assert metrics["loss/total"] == pytest.approx(metrics["loss/task"] + metrics[f"loss/{name}_l2"], rel=1e-5)
+        kept = np.load(tmp_path / "runs" / "tmpl" / "gen_0" / "pool" / "tokens.npy")
+        assert 0 < metrics[f"filter/{name}/kept"] <= 1 and len(np.unique(kept, axis=0)) == len(kept)
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output[-4000:]
         passed = re.search(r"(\d+) passed", output)

@@ -9,8 +9,12 @@ CHEAP_SEEDS = [0, 1, 2, 3, 4]
 VERIFIER_VARIANTS = {
     "verifier-filter-random": {"plugin": "verifier-filter", "init_args": {"verifier": "random"}},
     "verifier-filter-model": {"plugin": "verifier-filter", "init_args": {"verifier": "model"}},
+    "verifier-filter-typical": {"plugin": "verifier-filter", "init_args": {"rank": "typical"}},
 }
 DETECTOR_VARIANTS = {"detector-reweight-random": {"plugin": "detector-reweight", "init_args": {"bias": 0.0}}}
 #: each selection method compared, paired by seed, with its blind control of the same kept share
 SELECTION_CONTROLS = {"verifier-filter": "verifier-filter-random", "verifier-filter-model": "verifier-filter-random",
-                      "detector-reweight": "detector-reweight-random"}
+                      "verifier-filter-typical": "verifier-filter-random", "detector-reweight": "detector-reweight-random"}
+#: He et al.'s golden-ratio weighting of real data beside plain 1:1 fresh-data mixing (its control)
+MIX_VARIANTS = {"fresh-mix-golden": {"plugin": "fresh-mix", "init_args": {"real_weight": "golden"}}}
+MIX_CONTROLS = {"fresh-mix-golden": "fresh-mix"}

@@ -150,7 +150,7 @@ class RealDataVerifier(RealDataExperts, Verifier):
         return cache["judge"]
 
     @torch.no_grad()
-    def verify(self, items: Mapping[str, np.ndarray]) -> np.ndarray:
+    def verify_items(self, items: Mapping[str, np.ndarray]) -> np.ndarray:
         data = self.expert_data()
         x = np.asarray(items[data.input_key], dtype=np.float32)
         y = torch.as_tensor(np.asarray(items[data.label_key])).long()
@@ -175,7 +175,7 @@ class RealDataCorrector(RealDataExperts, Corrector):
                                               data.seed)
         return cache["centres"]
 
-    def correct(self, items: Mapping[str, np.ndarray], strength: float, generator: torch.Generator
+    def correct_items(self, items: Mapping[str, np.ndarray], strength: float, generator: torch.Generator
                 ) -> dict[str, np.ndarray]:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"correction strength must be in [0, 1], got {strength!r}")

@@ -59,9 +59,9 @@ ANSWER_POSITIONS = tuple(range(2, SEQ_LEN))
 
 
 def _unlearn_args(lr: float, steps: int) -> dict:
-    """The same unlearning budget for each of the three unlearning methods."""
+    """The same unlearning budget for each of the unlearning methods."""
     args = {"lr": lr, "steps": steps}
-    return {"gradient-ascent": args, "npo": args, "npo-rt": args}
+    return {"gradient-ascent": args, "npo": args, "npo-rt": args, "simnpo": args}
 
 
 class FactsUnlearning(CausalLMTask, ForgetRetain, TextItems):
@@ -70,7 +70,7 @@ class FactsUnlearning(CausalLMTask, ForgetRetain, TextItems):
     name: ClassVar[str] = "facts-unlearning"
     pool_keys: ClassVar[tuple[str, ...]] = ("example_id", "tokens")
     headline: ClassVar[tuple[str, ...]] = ("forget_acc", "retain_acc", "template_nll", "sample_valid")
-    bench_methods: ClassVar[tuple[str, ...]] = ("gradient-ascent", "npo", "npo-rt")
+    bench_methods: ClassVar[tuple[str, ...]] = ("gradient-ascent", "npo", "npo-rt", "simnpo")
     higher_is_better: ClassVar[dict[str, bool]] = {
         **CausalLMTask.higher_is_better,
         "forget_acc": False, "forget_nll": True, "retain_acc": True, "retain_nll": False,

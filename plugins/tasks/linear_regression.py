@@ -36,7 +36,7 @@ from torch import nn
 from collapsekit.capabilities import ItemWeights
 from collapsekit.plugins.tasks.exact_fit import ExactFitTask
 from collapsekit.pool import REAL, Pool
-from ._bench import CHEAP_SEEDS
+from ._bench import CHEAP_SEEDS, MIX_CONTROLS, MIX_VARIANTS
 
 
 class ReplicatedLinear(nn.Module):
@@ -84,7 +84,11 @@ class LinearRegression(ExactFitTask, ItemWeights):
     name: ClassVar[str] = "linear-regression"
     pool_keys: ClassVar[tuple[str, ...]] = ("x", "y")
     headline: ClassVar[tuple[str, ...]] = ("excess_error", "excess_error_normalized", "test_error")
-    bench_methods: ClassVar[tuple[str, ...]] = ("baseline", "accumulate", "accumulate-subsample", "fresh-mix")
+    bench_methods: ClassVar[tuple[str, ...]] = ("baseline", "accumulate", "accumulate-subsample", "fresh-mix",
+                                                "fresh-mix-golden")
+    #: fresh-mix with He et al.'s golden-ratio loss weight of the real data, compared with plain 1:1 fresh-mix
+    bench_variants: ClassVar[dict[str, dict]] = dict(MIX_VARIANTS)
+    bench_controls: ClassVar[dict[str, str]] = dict(MIX_CONTROLS)
     higher_is_better: ClassVar[Mapping[str, bool]] = {
         "excess_error": False, "excess_error_normalized": False, "test_error": False}
 
@@ -106,11 +110,12 @@ class LinearRegression(ExactFitTask, ItemWeights):
 
     presets: ClassVar[dict[str, dict]] = {
         "smoke": {"task": {"dim": 4, "train_size": 16, "replicates": 16}, "trainer": {"max_steps": 1},
-                  "generations": 3},
+                  "generations": 3, "variants": bench_variants},
         "cpu": {"task": {"dim": 8, "train_size": 32, "replicates": 256}, "trainer": {"max_steps": 1},
-                "generations": 10, "seeds": CHEAP_SEEDS},
+                "generations": 10, "seeds": CHEAP_SEEDS,
+                "variants": bench_variants},
         "gpu": {"task": {"dim": 32, "train_size": 128, "replicates": 2048}, "trainer": {"max_steps": 1},
-                "generations": 20},
+                "generations": 20, "variants": bench_variants},
     }
     """Run settings per bench preset:
     ``smoke`` (tests), ``cpu`` (under a second per method-seed) and ``gpu`` (larger, more

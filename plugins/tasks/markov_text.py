@@ -109,7 +109,7 @@ class MarkovText(CausalLMTask, Verifier, Corrector):
     headline: ClassVar[tuple[str, ...]] = ("kl", "tail_mass_lost", "tail_coverage", "heldout_nll")
     bench_methods: ClassVar[tuple[str, ...]] = (
         "baseline", "accumulate", "accumulate-subsample", "fresh-mix", "token-editing",
-        "verifier-filter", "verifier-filter-model", "verifier-filter-random", "self-correct",
+        "verifier-filter", "verifier-filter-typical", "verifier-filter-model", "verifier-filter-random", "self-correct",
         "detector-reweight", "detector-reweight-random")
     #: the controls of the selection methods: the same plugins keeping the same share blindly
     bench_variants: ClassVar[dict[str, dict]] = {**VERIFIER_VARIANTS, **DETECTOR_VARIANTS}
@@ -223,11 +223,11 @@ class MarkovText(CausalLMTask, Verifier, Corrector):
     corrector_kind: ClassVar[str] = ("each token whose source probability given the token before it is below "
                                      "tail_threshold is redrawn from the source with probability strength")
 
-    def verify(self, items):
+    def verify_items(self, items):
         """Exact mean log-likelihood per token of each sequence under the source (:func:`source_log_likelihood`)."""
         return source_log_likelihood(np.asarray(items["tokens"])[:, 1:], self.transition, self.initial)
 
-    def correct(self, items, strength, generator):
+    def correct_items(self, items, strength, generator):
         """Improbable transitions (source probability < ``tail_threshold``) redrawn from the source with
         probability ``strength`` (:func:`correct_chain`); randomness from ``generator``."""
         if not 0.0 <= strength <= 1.0:

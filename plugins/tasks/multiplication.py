@@ -277,13 +277,13 @@ class Multiplication(CausalLMTask, PauseTokens, Verifier, Corrector):
     verifier_kind: ClassVar[str] = "exact answer check: the share of answer digits equal to the true product's (1 = exact)"
     corrector_kind: ClassVar[str] = "with probability strength an item's answer is replaced by the true product"
 
-    def verify(self, items):
+    def verify_items(self, items):
         """Share of each row's answer digits that equal the true product's (1.0 = an exact answer)."""
         tokens = np.asarray(items["tokens"])
         a, b = self.decode_operands(tokens)
         return (self.answers(tokens) == _reversed_digits(a * b, self.answer_len)).mean(axis=1).astype(np.float64)
 
-    def correct(self, items, strength, generator):
+    def correct_items(self, items, strength, generator):
         """Each row's answer replaced by the true product with probability ``strength`` (from ``generator``)."""
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"correction strength must be in [0, 1], got {strength!r}")

@@ -110,6 +110,47 @@ def fresh_fraction(generation: int, alpha: float, schedule: str = "constant", al
     return exponential_schedule(generation, alpha, alpha_end, decay)
 
 
+# -- weighting real against synthetic data (He, Xu, Cheng 2025) -----------------------------------
+def golden_weight(n_real: int, n_synthetic: int) -> float:
+    """He et al.'s optimal loss weight of the real data, ``w* = (sqrt(k^2 + 4k) - k) / 2`` with
+    ``k = n_real / n_synthetic``: it minimises :func:`weighted_mean_error` over ``w``; for ``k = 1``
+    (as many real as synthetic items) it is ``(sqrt(5) - 1) / 2 = 0.618...``, the reciprocal of the
+    golden ratio. ``n_synthetic = 0`` gives 1."""
+    n_real = _check_count(n_real, "n_real", 1)
+    n_synthetic = _check_count(n_synthetic, "n_synthetic")
+    if n_synthetic == 0:
+        return 1.0
+    k = n_real / n_synthetic
+    return (math.sqrt(k * k + 4 * k) - k) / 2
+
+
+def weighted_mean_error(w: float, n_real: int, n_synthetic: int, sigma2: float = 1.0) -> float:
+    """Stationary ``E(mu_hat - mu)^2`` of the weighted mean ``mu_hat_t = w * mean(real_t) + (1 - w) * mean(syn_t)``
+    when every generation draws ``n_real`` *fresh* real samples of variance ``sigma2`` and ``n_synthetic``
+    samples of ``N(mu_hat_{t-1}, sigma2)``: the fixed point of ``V = w^2 sigma2 / n_real + (1 - w)^2
+    (V + sigma2 / n_synthetic)``, i.e. ``sigma2 (w^2 / n_real + (1 - w)^2 / n_synthetic) / (1 - (1 - w)^2)``
+    for ``w`` in (0, 1]."""
+    n_real = _check_count(n_real, "n_real", 1)
+    n_synthetic = _check_count(n_synthetic, "n_synthetic", 1)
+    if not 0.0 < w <= 1.0:
+        raise ValueError(f"w (the real data's weight) must be in (0, 1], got {w!r}")
+    return sigma2 * (w * w / n_real + (1 - w) ** 2 / n_synthetic) / (1 - (1 - w) ** 2)
+
+
+def item_weights(n_real: int, n_synthetic: int, real_weight: float) -> tuple[float, float]:
+    """Per-item loss weights ``(real item, synthetic item)`` that give the real part the total weight
+    ``real_weight`` and the synthetic part ``1 - real_weight`` while the weights average 1 over the pool:
+    ``real_weight * (n_r + n_s) / n_r`` and ``(1 - real_weight) * (n_r + n_s) / n_s``. Then
+    ``mean_i(w_i l_i) = real_weight * mean_real(l) + (1 - real_weight) * mean_synthetic(l)``."""
+    n_real = _check_count(n_real, "n_real")
+    n_synthetic = _check_count(n_synthetic, "n_synthetic")
+    if not 0.0 <= real_weight <= 1.0:
+        raise ValueError(f"real_weight must be in [0, 1], got {real_weight!r}")
+    total = n_real + n_synthetic
+    return (real_weight * total / n_real if n_real else 0.0,
+            (1.0 - real_weight) * total / n_synthetic if n_synthetic else 0.0)
+
+
 # -- closed forms (OLS on a fixed design, Gerstgrasser et al. 2024, Thm. 1 / Dohmatob et al. 2024) --
 def excess_error_unit(sigma2: float, d: int, T: int) -> float:
     """``sigma2 * d / (T - d - 1)``: expected excess error of the real-data fit (needs ``T >= d + 2``)."""

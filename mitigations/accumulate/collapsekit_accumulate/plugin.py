@@ -15,7 +15,7 @@ import numpy as np
 from collapsekit import hookimpl
 from collapsekit.pool import Pool
 
-from .functional import SCHEDULES, fresh_fraction, fresh_mix_counts, subsample_indices
+from .functional import SCHEDULES, fresh_fraction, fresh_mix_counts, golden_weight, item_weights, subsample_indices
 
 
 def _check_budget(budget: Any, who: str) -> int | None:
@@ -110,13 +110,28 @@ class FreshMix:
         horizon: generation at which the linear schedule reaches ``alpha_end``
             (``null``: the last generation of the run).
         budget: items per generation (``null``: the size of the real pool).
+        real_weight: weight of the real items in the loss (He, Xu, Cheng 2025): ``null`` (default) weighs
+            every item 1 (plain mixing); a number ``w`` in [0, 1] gives the real part of every generation
+            ``g >= 1`` the total loss weight ``w`` and the synthetic part ``1 - w``; ``golden`` uses He et
+            al.'s optimum ``(sqrt(k^2 + 4k) - k) / 2``, ``k`` = real / synthetic items (0.618 at 1:1).
+            Per-item weights average 1 over the pool; the task must honour item weights (capability
+            ``ItemWeights``).
 
-    Metric: ``fresh_mix/alpha`` (the scheduled share; the engine's
-    ``pool/real_share`` is the realised one).
+    Metrics: ``fresh_mix/alpha`` (the scheduled share; the engine's ``pool/real_share`` is the
+    realised one) and, with ``real_weight``, ``fresh_mix/real_weight`` (the engine logs the realised
+    ``pool/real_weight_share``).
     """
 
     def __init__(self, alpha: float = 0.5, schedule: str = "constant", alpha_end: float = 0.0,
-                 decay: float = 0.5, horizon: int | None = None, budget: int | None = None) -> None:
+                 decay: float = 0.5, horizon: int | None = None, budget: int | None = None,
+                 real_weight: float | str | None = None) -> None:
+        if real_weight is not None and real_weight != "golden" and (
+                isinstance(real_weight, bool) or not isinstance(real_weight, (int, float))
+                or not 0.0 <= real_weight <= 1.0):
+            raise ValueError(f"fresh-mix: real_weight must be null, 'golden' or a number in [0, 1], got "
+                             f"{real_weight!r}")
+        self.real_weight = real_weight
+        self._weights: dict[int, float] = {}
         if schedule not in SCHEDULES:
             raise ValueError(f"fresh-mix: unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
         if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
@@ -144,8 +159,22 @@ class FreshMix:
         n_real, n_syn = fresh_mix_counts(budget, self.alpha_at(run, generation), len(real), len(latest))
         real_idx = np.sort(rng.choice(len(real), size=n_real, replace=False))
         syn_idx = np.sort(rng.choice(len(latest), size=n_syn, replace=False))
-        return Pool.concat([real.select(real_idx), latest.select(syn_idx)])
+        pool = Pool.concat([real.select(real_idx), latest.select(syn_idx)])
+        if self.real_weight is None:
+            return pool
+        self._weights[generation] = self.weight_of_real(n_real, n_syn)
+        w_real, w_syn = item_weights(n_real, n_syn, self._weights[generation])
+        return pool.with_weights(np.r_[np.full(n_real, w_real), np.full(n_syn, w_syn)])
+
+    def weight_of_real(self, n_real: int, n_synthetic: int) -> float:
+        """The real part's total loss weight in a pool of ``n_real`` real and ``n_synthetic`` synthetic items."""
+        if self.real_weight == "golden":
+            return golden_weight(n_real, n_synthetic) if n_real else 0.0
+        return float(self.real_weight)
 
     @hookimpl
     def metrics(self, run, generation):
-        return {"fresh_mix/alpha": self.alpha_at(run, generation)}
+        out = {"fresh_mix/alpha": self.alpha_at(run, generation)}
+        if generation in self._weights:
+            out["fresh_mix/real_weight"] = self._weights[generation]
+        return out

@@ -1,4 +1,4 @@
-"""Unlearning losses: gradient ascent (GA), NPO and NPO+RT. Plain torch, no collapsekit import.
+"""Unlearning losses: gradient ascent (GA), NPO, NPO+RT and SimNPO. Plain torch, no collapsekit import.
 
 Conventions (as open-unlearning computes them):
 
@@ -9,6 +9,8 @@ Conventions (as open-unlearning computes them):
   negates it on the forget set and NPO+RT adds it on the retain set.
 * ``npo_loss`` = ``-(2/beta) * mean_i log sigmoid(-beta * (logp_i - ref_logp_i))``
   (Zhang et al. 2024, eq. 3), with ``ref_logp`` a constant (no gradient).
+* ``simnpo_loss`` = ``-(2/beta) * mean_i log sigmoid(-(beta / |y_i|) logp_i - gamma)`` (Fan et al. 2024):
+  no reference model, the answer log-prob divided by its length, a reward margin ``gamma``.
 
 Half-precision inputs (float16 / bfloat16) are computed and returned in float32.
 """
@@ -82,6 +84,28 @@ def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.1) -> t
     dtype = _compute_dtype(logp)
     ratio = logp.to(dtype) - ref_logp.detach().to(dtype)
     return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
+
+
+def simnpo_loss(logp: torch.Tensor, lengths: torch.Tensor, beta: float = 2.5, gamma: float = 0.0) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024): ``-(2/beta) * mean_i log sigmoid(-(beta / |y_i|) * logp_i - gamma)`` (scalar).
+
+    Reference-free and length-normalised: ``logp`` [N] are summed answer log-probs under the model
+    being unlearned, ``lengths`` [N] the answer lengths ``|y_i|`` (tokens, > 0), ``gamma >= 0`` the
+    reward margin. open-unlearning writes the same loss with ``delta = gamma / beta``:
+    ``-(2/beta) log sigmoid(beta * (NLL_i / |y_i| - delta))``. Its gradient in ``logp_i`` is
+    ``(2 / (N |y_i|)) * sigmoid((beta / |y_i|) * logp_i + gamma)``.
+    """
+    if logp.dim() != 1 or logp.shape != lengths.shape or logp.numel() == 0:
+        raise ValueError(f"simnpo_loss: logp and lengths must be non-empty [N] tensors of the same shape, got "
+                         f"{tuple(logp.shape)} and {tuple(lengths.shape)}")
+    if not beta > 0:
+        raise ValueError(f"simnpo_loss: beta must be > 0, got {beta}")
+    if not gamma >= 0:
+        raise ValueError(f"simnpo_loss: gamma must be >= 0, got {gamma}")
+    dtype = _compute_dtype(logp)
+    check_on_device((lengths > 0).all(), "simnpo_loss: every answer length must be > 0")
+    per_token = logp.to(dtype) / lengths.to(dtype)
+    return -(2.0 / beta) * F.logsigmoid(-beta * per_token - gamma).mean()
 
 
 def npo_rt_loss(logp: torch.Tensor, ref_logp: torch.Tensor, retain_nll: torch.Tensor, beta: float = 0.1,

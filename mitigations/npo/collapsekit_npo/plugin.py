@@ -1,4 +1,4 @@
-"""The ``gradient-ascent``, ``npo`` and ``npo-rt`` plugins: unlearning as generations.
+"""The ``gradient-ascent``, ``npo``, ``npo-rt`` and ``simnpo`` plugins: unlearning as generations.
 
 A run with one of them (and ``run.init: previous``) is an unlearning experiment:
 
@@ -39,7 +39,7 @@ from collapsekit import hookimpl
 from collapsekit.errors import ConfigError, RunStateError, TaskIncompatible
 
 from .cache import RefLogpTable
-from .losses import gradient_ascent_loss, masked_nll, npo_loss, sequence_logprob
+from .losses import gradient_ascent_loss, masked_nll, npo_loss, sequence_logprob, simnpo_loss
 
 OPTIMIZER_FILE = "unlearning_optimizer.pt"
 
@@ -143,6 +143,31 @@ class _Unlearning:
     def unlearn_terms(self, module: Any, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, Any]
                       ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+class RetainBatches:
+    """Retain batches drawn uniformly with replacement from ``pool`` with ``generator``; the retain set is moved
+    to the training device once and indexed there, so a training step does not wait for the device."""
+
+    def __init__(self, who: str, pool: Any, generator: torch.Generator) -> None:
+        if len(pool) == 0:
+            raise TaskIncompatible(f"{who}: the task's retain_pool() is empty; give the task retain data "
+                                   f"(or use a method without a retain term)")
+        self.pool, self.generator = pool, generator
+        self._on: dict[str, torch.Tensor] | None = None
+
+    def draw(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """``n`` retain items on ``device``."""
+        if self._on is None or next(iter(self._on.values())).device != device:
+            self._on = {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in self.pool.arrays.items()}
+        idx = torch.randint(len(self.pool), (n,), generator=self.generator).to(device)
+        return {k: v[idx] for k, v in self._on.items()}
+
+
+def retain_term(module: Any, retain: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean answer-token NLL of the ``retain`` batch under the model being trained."""
+    out = module.task.step(module.model, retain, module.requirements)
+    return masked_nll(out["logits"], out["labels"], module.task.answer_mask(retain))
 
 
 _COMMON_ARGS = """        steps: optimizer steps per unlearning generation (null: one pass over the forget set).
@@ -289,32 +314,63 @@ class NPORT(NPO):
         super().__init__(beta, steps, lr, continue_optimizer, cache_reference)
         self.retain_coeff = _number(retain_coeff, "retain_coeff", self.name, allow_zero=True)
         self.forget_coeff = _number(forget_coeff, "forget_coeff", self.name, allow_zero=True)
-        self._retain: Any = None
-        self._retain_on: dict[str, torch.Tensor] | None = None
-        self._generator: torch.Generator | None = None
+        self._retain: RetainBatches | None = None
 
     def start_phase(self, run, generation, module):
         super().start_phase(run, generation, module)
-        self._retain = run.task.retain_pool()
-        self._retain_on = None
-        self._generator = run.torch_generator(generation, "npo-rt/retain")
+        self._retain = RetainBatches(self.name, run.task.retain_pool(), run.torch_generator(generation, "npo-rt/retain"))
 
     def retain_batch(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """``n`` retain items drawn uniformly with replacement (the retain set is moved to ``device``
-        once; the draw is indexed there, so the step does not wait for the device)."""
-        if self._retain is None or self._generator is None:
+        """``n`` retain items drawn uniformly with replacement (:class:`RetainBatches`)."""
+        if self._retain is None:
             raise RuntimeError("npo-rt: generation_start was not called before loss_terms")
-        if len(self._retain) == 0:
-            raise TaskIncompatible("npo-rt: the task's retain_pool() is empty; use npo or give the task retain data")
-        if self._retain_on is None or next(iter(self._retain_on.values())).device != device:
-            self._retain_on = {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in self._retain.arrays.items()}
-        idx = torch.randint(len(self._retain), (n,), generator=self._generator).to(device)
-        return {k: v[idx] for k, v in self._retain_on.items()}
+        return self._retain.draw(n, device)
 
     def unlearn_terms(self, module, batch, outputs):
         logp, ref = self.forget_logps(module, batch, outputs)
-        retain = self.retain_batch(len(logp), outputs["logits"].device)
-        out = module.task.step(module.model, retain, module.requirements)
-        retain_nll = masked_nll(out["logits"], out["labels"], module.task.answer_mask(retain))
+        retain_nll = retain_term(module, self.retain_batch(len(logp), outputs["logits"].device))
         return {"npo": self.forget_coeff * npo_loss(logp, ref, self.beta),
                 "retain_nll": self.retain_coeff * retain_nll.to(logp.dtype)}
+
+
+class SimNPO(_Unlearning):
+    __doc__ = f"""SimNPO (Fan et al. 2024): reference-free, length-normalised NPO on the forget set.
+
+    Loss ``simnpo_loss(logp, |y|, beta, gamma) + retain_coeff * retain_nll``: ``logp`` the summed
+    answer log-prob of each forget example, ``|y|`` its answer length (tokens of ``answer_mask``);
+    with ``retain_coeff > 0`` a retain batch is drawn as for ``npo-rt`` and its answer NLL added
+    (the paper's regularised form). No reference model is kept.
+
+    Args:
+        beta: inverse temperature (default 2.5).
+        gamma: reward margin ``gamma >= 0`` (open-unlearning's ``delta`` is ``gamma / beta``).
+        retain_coeff: weight of the retain NLL (0: forget term only, like ``npo``).
+{_COMMON_ARGS}
+
+    Loss terms: ``nll`` (generation 0); ``simnpo`` and, with ``retain_coeff > 0``, ``retain_nll``
+    (already times ``retain_coeff``) in generations >= 1.
+    """
+
+    name = "simnpo"
+
+    def __init__(self, beta: float = 2.5, gamma: float = 0.0, retain_coeff: float = 0.0, steps: int | None = None,
+                 lr: float | None = None, continue_optimizer: bool = True) -> None:
+        super().__init__(steps, lr, continue_optimizer)
+        self.beta = _number(beta, "beta", self.name)
+        self.gamma = _number(gamma, "gamma", self.name, allow_zero=True)
+        self.retain_coeff = _number(retain_coeff, "retain_coeff", self.name, allow_zero=True)
+        self._retain: RetainBatches | None = None
+
+    def start_phase(self, run, generation, module):
+        if self.retain_coeff > 0:
+            self._retain = RetainBatches(self.name, run.task.retain_pool(),
+                                         run.torch_generator(generation, "simnpo/retain"))
+
+    def unlearn_terms(self, module, batch, outputs):
+        mask = module.task.answer_mask(batch)
+        logp = sequence_logprob(outputs["logits"], outputs["labels"], mask)
+        terms = {"simnpo": simnpo_loss(logp, mask.sum(-1), self.beta, self.gamma)}
+        if self.retain_coeff > 0:
+            retain_nll = retain_term(module, self._retain.draw(len(logp), outputs["logits"].device))
+            terms["retain_nll"] = self.retain_coeff * retain_nll.to(logp.dtype)
+        return terms

@@ -69,7 +69,7 @@ class SelfCorrect:
     def synthesize(self, run, model, generation, request):
         drawn = run.task.sample(model, request.size, request.generator, temperature=self.temperature,
                                 top_k=self.top_k, top_p=self.top_p)
-        corrected = run.task.correct(drawn, self.strength, request.generator)
+        corrected = run.task.correct_items(drawn, self.strength, request.generator)
         stats = change_stats(drawn, corrected)
         totals = self._stats.setdefault(generation, {})
         for key, value in stats.items():

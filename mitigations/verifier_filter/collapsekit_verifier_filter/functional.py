@@ -4,7 +4,8 @@ Feng et al. (2024), "Beyond Model Collapse: Scaling Up with Synthesized Data Req
 Verification": synthesize more than the training budget and keep the items a verifier
 ranks best. With a budget of ``n`` items and a kept share ``keep``, a generation
 synthesizes ``ceil(n / keep)`` items (:func:`oversample_factor` = ``1 / keep``) and keeps the
-``n`` with the highest verifier score (:func:`best_mask`).
+``n`` with the highest verifier score (:func:`best_mask`), or -- for a likelihood-type verifier -- the
+``n`` whose score is closest to the real data's mean score (:func:`typicality`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ def best_mask(scores: np.ndarray, n: int) -> np.ndarray:
     mask = np.zeros(len(s), dtype=bool)
     mask[order[:n]] = True
     return mask
+
+
+def typicality(scores: np.ndarray, reference: float) -> np.ndarray:
+    """``-|score - reference|``: how typical each score is of the real data's mean score ``reference``
+    (higher = more typical). Ranking by it keeps items as likely as real data are, dropping both the
+    improbable ones (errors) and the unusually probable ones (a mode-seeking pool)."""
+    if not np.isfinite(reference):
+        raise ValueError(f"typicality: reference must be finite, got {reference!r}")
+    return -np.abs(np.asarray(scores, dtype=np.float64) - float(reference))
 
 
 def selection_stats(scores: np.ndarray, mask: np.ndarray) -> dict[str, float]:

@@ -12,6 +12,11 @@ pool the next generation trains on has the baseline's size. Verifiers:
   under generation ``model_generation``'s model (:func:`collapsekit.scoring.score_items`; tasks
   whose step returns logits and labels);
 * ``random`` -- a uniform random score: the control that keeps the same share blindly.
+
+``rank: best`` keeps the highest scores (a verifier of correctness: an exact answer, a judge's
+confidence); ``rank: typical`` keeps the scores closest to the real data's mean score (a verifier
+of likelihood: the highest-likelihood samples of a language are atypically repetitive, so keeping
+them sharpens the pool; keeping the typical ones drops both errors and that sharpening).
 """
 from __future__ import annotations
 
@@ -24,9 +29,10 @@ from collapsekit import hookimpl
 from collapsekit.errors import TaskIncompatible
 from collapsekit.scoring import score_items
 
-from .functional import best_mask, oversample_factor, selection_stats
+from .functional import best_mask, oversample_factor, selection_stats, typicality
 
 VERIFIERS = ("task", "model", "random")
+RANKS = ("best", "typical")
 
 
 class VerifierFilter:
@@ -40,20 +46,23 @@ class VerifierFilter:
         model_generation: the generation whose trained model scores items with ``verifier: model``
             (0: the model trained on real data only).
         min_score: also drop items scoring below this (the pool may then be smaller than the budget).
+        rank: ``best`` (highest scores) or ``typical`` (scores closest to the mean score of the task's real
+            training items under the same verifier; not with ``random``).
 
     Metrics: ``verifier_filter/threshold`` (lowest kept score), ``verifier_filter/kept_score``,
     ``verifier_filter/dropped_score`` (mean scores) and, when the task has a verifier,
     ``verifier_filter/verified_all`` and ``verifier_filter/verified_kept`` (the task verifier's mean
-    score of all synthesized and of the kept items, whatever ranks them: how correct the kept pool is).
+    score of all synthesized and of the kept items, whatever ranks them: how correct the kept pool is);
+    with ``rank: typical`` also ``verifier_filter/reference`` (the real items' mean score).
     """
 
     higher_is_better: ClassVar[dict[str, bool | None]] = {
         "verifier_filter/threshold": None, "verifier_filter/kept_score": None,
         "verifier_filter/dropped_score": None, "verifier_filter/verified_all": None,
-        "verifier_filter/verified_kept": None}
+        "verifier_filter/verified_kept": None, "verifier_filter/reference": None}
 
     def __init__(self, keep: float = 0.5, verifier: str = "task", model_generation: int = 0,
-                 min_score: float | None = None) -> None:
+                 min_score: float | None = None, rank: str = "best") -> None:
         try:
             self.oversample = oversample_factor(keep)
         except ValueError as exc:
@@ -65,14 +74,18 @@ class VerifierFilter:
         if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
                                       or not np.isfinite(min_score)):
             raise ValueError(f"verifier-filter: min_score must be a finite number or null, got {min_score!r}")
-        self.keep, self.verifier, self.model_generation = float(keep), verifier, model_generation
+        if rank not in RANKS or (rank == "typical" and verifier == "random"):
+            raise ValueError(f"verifier-filter: rank must be one of {', '.join(RANKS)} ('typical' needs a task or "
+                             f"model verifier), got {rank!r} with verifier {verifier!r}")
+        self.keep, self.verifier, self.model_generation, self.rank = float(keep), verifier, model_generation, rank
         self.min_score = None if min_score is None else float(min_score)
         self._models: dict[Any, Any] = {}
+        self._reference: dict[Any, float] = {}
         self._stats: dict[int, dict[str, float]] = {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_models"], state["_stats"] = {}, {}
+        state["_models"], state["_reference"], state["_stats"] = {}, {}, {}
         return state
 
     @staticmethod
@@ -90,6 +103,7 @@ class VerifierFilter:
                 raise TaskIncompatible(f"verifier-filter: model_generation {self.model_generation} is not a "
                                        f"generation of this run (it has {run.generations})")
         self._models.clear()
+        self._reference.clear()
         self._stats.clear()
 
     def scores(self, run: Any, samples: Any, generation: int) -> np.ndarray:
@@ -97,7 +111,7 @@ class VerifierFilter:
         if self.verifier == "random":
             return run.rng(generation, "verifier-filter").random(len(samples))
         if self.verifier == "task":
-            return np.asarray(run.task.verify(samples.arrays), dtype=np.float64)
+            return np.asarray(run.task.verify_items(samples.arrays), dtype=np.float64)
         if self.model_generation > generation:
             raise TaskIncompatible(f"verifier-filter: generation {generation} is filtered before generation "
                                    f"{self.model_generation} (model_generation) exists; use an earlier model")
@@ -106,15 +120,27 @@ class VerifierFilter:
             self._models = {key: run.model_of(self.model_generation)}
         return score_items(run.task, self._models[key], samples).mean_log_likelihood
 
+    def reference(self, run: Any, generation: int) -> float:
+        """Mean score of the task's real training items under the verifier (cached per run)."""
+        key = (str(run.dir), run.seed, self.verifier, self.model_generation)
+        if key not in self._reference:
+            self._reference = {key: float(np.mean(self.scores(run, run.task.real_pool(), generation)))}
+        return self._reference[key]
+
     @hookimpl
     def filter_samples(self, run, samples, generation):
         scores = self.scores(run, samples, generation)
-        mask = best_mask(scores, run.samples_per_generation)
+        ranking = scores
+        if self.rank == "typical":
+            ranking = typicality(scores, self.reference(run, generation))
+        mask = best_mask(ranking, run.samples_per_generation)
         if self.min_score is not None:
             mask &= scores >= self.min_score
         stats = {f"verifier_filter/{k}": v for k, v in selection_stats(scores, mask).items()}
+        if self.rank == "typical":
+            stats["verifier_filter/reference"] = self.reference(run, generation)
         if self.has_verifier(run.task):
-            verified = scores if self.verifier == "task" else np.asarray(run.task.verify(samples.arrays), np.float64)
+            verified = scores if self.verifier == "task" else np.asarray(run.task.verify_items(samples.arrays), np.float64)
             stats["verifier_filter/verified_all"] = float(verified.mean()) if len(verified) else 0.0
             if mask.any():
                 stats["verifier_filter/verified_kept"] = float(verified[mask].mean())
