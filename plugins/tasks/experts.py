@@ -46,7 +46,9 @@ class ExpertData:
 
 
 class Judge(nn.Module):
-    """MLP ``D -> hidden -> hidden -> classes`` on standardised inputs (mean/scale fixed at training)."""
+    """MLP ``D -> hidden -> hidden -> classes`` on inputs standardised by the training items' overall mean and
+    standard deviation (two scalars: a per-feature scale would blow up noise on features that are constant in
+    the real data, such as the blank border of a digit)."""
 
     def __init__(self, dim: int, classes: int, hidden: int, mean: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
@@ -60,12 +62,13 @@ class Judge(nn.Module):
 
 
 def train_judge(x: np.ndarray, y: np.ndarray, classes: int, seed: int, hidden: int = 64, steps: int = 400,
-                noise: float = 0.05) -> Judge:
-    """A :class:`Judge` fitted by full-batch AdamW (lr 3e-3, weight decay 1e-3) with Gaussian input noise
-    of ``noise`` times the data scale; deterministic for fixed arguments (own seeded generators)."""
+                noise: float = 0.25) -> Judge:
+    """A :class:`Judge` fitted by full-batch AdamW (lr 3e-3, weight decay 1e-3) with Gaussian input noise of
+    ``noise`` times the data's standard deviation (so that it also judges the noisy or blurred items a model
+    makes); deterministic for fixed arguments (own seeded generators)."""
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(len(x), -1)
     yt = torch.as_tensor(np.asarray(y)).long()
-    mean, scale = xt.mean(0), xt.std(0).clamp_min(1e-3)
+    mean, scale = xt.mean(), xt.std().clamp_min(1e-6)
     generator = torch.Generator().manual_seed(derive_seed(seed, 0, "experts/judge-noise"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, 0, "experts/judge-init"))
