@@ -149,3 +149,47 @@ def test_closed_forms_match_an_independent_simulation(policy, formula):
         e = errors[n - 1]
         se = e.std(ddof=1) / math.sqrt(len(e))
         assert abs(e.mean() - formula(sigma ** 2, d, T, n)) < 4 * se, (policy, n, e.mean(), se)
+
+
+# -- real-data weighting (He, Xu, Cheng 2025) ---------------------------------------------------------------------
+def test_golden_weight_by_hand_and_as_the_minimiser_of_the_stationary_error():
+    from collapsekit_accumulate import golden_weight, weighted_mean_error
+
+    assert golden_weight(16, 16) == pytest.approx((math.sqrt(5) - 1) / 2, rel=1e-15)     # 1 / golden ratio
+    assert golden_weight(10, 30) == pytest.approx((math.sqrt(1 / 9 + 4 / 3) - 1 / 3) / 2, rel=1e-15)
+    assert golden_weight(5, 0) == 1.0
+    for n_real, n_syn in ((16, 16), (10, 30), (40, 8)):
+        grid = np.linspace(1e-3, 1.0, 20_001)
+        best = grid[np.argmin([weighted_mean_error(w, n_real, n_syn) for w in grid])]
+        assert best == pytest.approx(golden_weight(n_real, n_syn), abs=1e-4)
+    # at 1:1 mixing the equal weights lose to the golden ratio: 2/3 vs 0.618 times sigma^2 / n
+    assert weighted_mean_error(0.5, 16, 16) * 16 == pytest.approx(2 / 3, rel=1e-12)
+    assert weighted_mean_error(golden_weight(16, 16), 16, 16) * 16 == pytest.approx(golden_weight(16, 16), rel=1e-12)
+
+
+def test_weighted_mean_error_matches_an_independent_simulation():
+    """Plain simulation of He et al.'s loop: fresh real samples every generation, synthetic ones from the
+    previous estimate, the weighted mean as the next estimate; the error after 40 generations is stationary."""
+    from collapsekit_accumulate import weighted_mean_error
+
+    rng = np.random.default_rng(3)
+    n_real, n_syn, sigma, reps = 8, 12, 1.5, 40_000
+    for w in (0.3, 0.618, 0.9):
+        mu_hat = np.zeros(reps)
+        for _ in range(40):
+            real = rng.normal(0.0, sigma, size=(reps, n_real)).mean(1)
+            syn = (mu_hat[:, None] + rng.normal(0.0, sigma, size=(reps, n_syn))).mean(1)
+            mu_hat = w * real + (1 - w) * syn
+        sq = mu_hat ** 2
+        assert abs(sq.mean() - weighted_mean_error(w, n_real, n_syn, sigma ** 2)) < 4 * sq.std() / math.sqrt(reps)
+
+
+def test_item_weights_split_the_loss_and_average_one():
+    from collapsekit_accumulate import item_weights
+
+    w_real, w_syn = item_weights(4, 12, 0.618)
+    assert (4 * w_real + 12 * w_syn) / 16 == pytest.approx(1.0, rel=1e-15)
+    assert 4 * w_real / 16 == pytest.approx(0.618, rel=1e-15)               # the real part's share of the loss
+    assert item_weights(4, 12, 4 / 16) == pytest.approx((1.0, 1.0), rel=1e-15)   # item-share weight: plain mixing
+    with pytest.raises(ValueError, match="real_weight"):
+        item_weights(4, 4, 1.5)

@@ -283,3 +283,26 @@ def test_markov_text_accumulate_config_runs(tmp_path):
                          "--task.init_args.n_embd", "8")
     gen, _ = lineage(tmp_path, run_dir.name, 2)
     assert (gen == REAL).sum() == 16 and (gen == 0).sum() == 16 and (gen == 1).sum() == 16
+
+
+def test_fresh_mix_weighs_real_data_by_the_golden_ratio(tmp_path):
+    """real_weight: golden gives the real half of a 1:1 pool 61.8% of the loss; the gaussian task fits the
+    correspondingly weighted MLE (its mean is the weighted mean of the pool it trained on)."""
+    task = gaussian()
+    spec = {"class_path": "fresh-mix", "init_args": {"alpha": 0.5, "real_weight": "golden"}}
+    metrics = run_tiny(tmp_path, [spec], task, name="gold", generations=2, max_steps=1)
+    golden = (5 ** 0.5 - 1) / 2
+    assert "fresh_mix/real_weight" not in metrics[0] and "pool/real_weight_share" not in metrics[0]
+    assert metrics[1]["fresh_mix/real_weight"] == pytest.approx(golden, rel=1e-12)
+    assert metrics[1]["pool/real_weight_share"] == pytest.approx(golden, rel=1e-12)
+    lineage_pool = Pool.load(tmp_path / "gold" / "gen_1" / "train_lineage")
+    real = lineage_pool.origin_generation == REAL
+    assert lineage_pool.weights.mean() == pytest.approx(1.0) and real.mean() == 0.5
+    assert lineage_pool.weights[real].sum() / lineage_pool.weights.sum() == pytest.approx(golden, rel=1e-12)
+    x = np.concatenate([task.real_pool().arrays["x"][lineage_pool.origin_index[real]],
+                        Pool.load(tmp_path / "gold" / "gen_0" / "pool").arrays["x"][lineage_pool.origin_index[~real]]])
+    w = np.r_[lineage_pool.weights[real], lineage_pool.weights[~real]]
+    model = task.load_model(tmp_path / "gold" / "gen_1")
+    np.testing.assert_allclose(model.mean.detach().numpy(), np.einsum("n,nrd->rd", w / w.sum(), x), rtol=1e-10)
+    with pytest.raises(PluginLoadError, match="real_weight must be null, 'golden' or a number in"):
+        run_tiny(tmp_path, [{"class_path": "fresh-mix", "init_args": {"real_weight": 2.0}}], task, name="bad")
