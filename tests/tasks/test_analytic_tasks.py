@@ -74,7 +74,7 @@ def test_presets_benchmark_declarations_and_entry_point(cls):
     assert 2 <= len(cls.headline) <= 4 and set(cls.headline) <= set(cls.higher_is_better)
     for preset in ("smoke", "cpu", "gpu"):
         spec = cls.preset(preset)
-        assert {"task", "trainer", "generations"} <= set(spec) <= {"task", "trainer", "generations", "seeds"}
+        assert {"task", "trainer", "generations"} <= set(spec) <= {"task", "trainer", "generations", "seeds", "variants"}
         assert spec["trainer"]["max_steps"] >= 1 and len(spec.get("seeds", ())) in ((0,) if preset != "cpu" else (5,))
         task = cls(**spec["task"])
         task.setup(0)

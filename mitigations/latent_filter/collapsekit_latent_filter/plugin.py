@@ -52,6 +52,9 @@ class LatentFilter:
         rank: dimension of each class subspace (``subspace`` scorer).
         input_key, label_key: pool arrays holding the item and its label (default: what the task
             declares through the ``Items`` capability).
+        keep_size: synthesize ``1 / keep`` times the pool budget (the engine's oversampling) so that the kept
+            items fill a whole budget: the pool history grows as fast as without the filter (the README's
+            "2N synthesized" control). Off by default, as in the committed bench cells.
 
     Metrics: ``latent_filter/probe_accuracy`` (probe on the real latents it was fitted to),
     ``latent_filter/label_agreement`` (share of this generation's items whose probe argmax is
@@ -61,7 +64,7 @@ class LatentFilter:
 
     def __init__(self, keep: float = 0.5, scorer: str = "probe", latent: str = "model",
                  min_confidence: float = 0.0, l2: float = 1e-3, max_iter: int = 100, rank: int = 8,
-                 input_key: str | None = None, label_key: str | None = None) -> None:
+                 input_key: str | None = None, label_key: str | None = None, keep_size: bool = False) -> None:
         if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
             raise ValueError(f"latent-filter: keep (share of synthetic items kept) must be in (0, 1], got {keep!r}")
         if scorer not in SCORERS:
@@ -75,6 +78,11 @@ class LatentFilter:
         self.keep, self.scorer, self.latent = float(keep), scorer, latent
         self.min_confidence, self.l2, self.max_iter, self.rank = float(min_confidence), float(l2), int(max_iter), int(rank)
         self.input_key, self.label_key = input_key, label_key
+        if not isinstance(keep_size, bool):
+            raise ValueError(f"latent-filter: keep_size must be true or false, got {keep_size!r}")
+        self.keep_size = keep_size
+        if keep_size:
+            self.oversample = 1.0 / self.keep
         self._cache: dict[Any, dict[str, Any]] = {}
         self._stats: dict[int, dict[str, float]] = {}
 

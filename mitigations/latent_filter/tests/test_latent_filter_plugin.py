@@ -55,7 +55,7 @@ def mixed_samples(n_good: int = 10, n_bad: int = 10) -> Pool:
 @pytest.mark.parametrize("kwargs, match", [
     ({"keep": 0.0}, "keep"), ({"keep": 1.5}, "keep"), ({"scorer": "knn"}, "unknown scorer"),
     ({"latent": "pixels"}, "unknown latent"),
-    ({"min_confidence": 1.0}, "min_confidence"), ({"rank": 0}, "rank"),
+    ({"min_confidence": 1.0}, "min_confidence"), ({"rank": 0}, "rank"), ({"keep_size": "yes"}, "keep_size"),
 ])
 def test_bad_options_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -104,6 +104,14 @@ def test_keep_share_and_min_confidence(tmp_path):
     assert mask.sum() == 5 and mask[:10].sum() == 5
     mask, _ = LatentFilter(keep=1.0, latent="input", min_confidence=0.5).filter_samples(run, mixed_samples(), 0)
     assert mask.tolist() == [True] * 10 + [False] * 10
+
+
+def test_keep_size_asks_the_engine_for_one_over_keep_times_the_budget(tmp_path):
+    assert not hasattr(LatentFilter(keep=0.25), "oversample")          # the committed bench cells: no oversampling
+    plugin = LatentFilter(keep=0.25, latent="input", keep_size=True)
+    assert plugin.oversample == 4.0
+    mask, _ = plugin.filter_samples(stub_run(Blobs(), tmp_path), mixed_samples(20, 20), 0)
+    assert mask.sum() == 10                                              # 1/4 of 4x the budget of 10
 
 
 class Lines(Blobs):
