@@ -172,7 +172,7 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
                             "metrics": sorted(getattr(cls, "higher_is_better", {}) or {}),
                             "directions": declared_directions(cls),
                             "report_metrics": list(getattr(cls, "report_metrics", ()) or ()),
-                            "controls": task_controls}
+                            "controls": {m: c for m, c in task_controls.items() if m in runnable}}
         for m in runnable:
             for s in task_seeds:
                 cells.append({
