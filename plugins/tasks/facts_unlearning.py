@@ -71,6 +71,8 @@ class FactsUnlearning(CausalLMTask, ForgetRetain, TextItems):
     pool_keys: ClassVar[tuple[str, ...]] = ("example_id", "tokens")
     headline: ClassVar[tuple[str, ...]] = ("forget_acc", "retain_acc", "template_nll", "sample_valid")
     bench_methods: ClassVar[tuple[str, ...]] = ("gradient-ascent", "npo", "npo-rt", "simnpo")
+    #: RESULTS.md also compares SimNPO with NPO, paired by seed (what dropping the reference model changes)
+    bench_controls: ClassVar[dict[str, str]] = {"simnpo": "npo"}
     higher_is_better: ClassVar[dict[str, bool]] = {
         **CausalLMTask.higher_is_better,
         "forget_acc": False, "forget_nll": True, "retain_acc": True, "retain_nll": False,
