@@ -21,7 +21,10 @@ def metrics_of(run_dir, generations):
     return [json.loads((run_dir / f"gen_{g}" / "metrics.json").read_text()) for g in range(generations)]
 
 
-@pytest.mark.parametrize("kill_after", ["gen_1/model.pt", "gen_1/pool/origin_generation.npy"])
+# a kill during synthesis (after the model is saved) runs in the slow suite; the default suite kills
+# while the pool is written, the later of the two points
+@pytest.mark.parametrize("kill_after", [pytest.param("gen_1/model.pt", marks=pytest.mark.slow),
+                                        "gen_1/pool/origin_generation.npy"])
 def test_kill_mid_synthesis_or_pool_write_resumes_identically(kill_after, make_config, write_config, tmp_path,
                                                               sigkill_at):
     """SIGKILL once the marker file appears (synthesis / pool writing), then resume."""
