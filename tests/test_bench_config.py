@@ -172,8 +172,10 @@ def stopped(gauss):
 
     def look() -> None:
         for child in psutil.Process(bench.pid).children(recursive=True):
-            if child.pid not in seen:
-                seen[child.pid], commands[child.pid] = child, " ".join(_cmdline(child))
+            seen.setdefault(child.pid, child)
+            command = " ".join(_cmdline(child))
+            if command:        # re-read: a child first seen between fork and exec shows its parent's command
+                commands[child.pid] = command
 
     while not list(records.glob("*.cell.json")) and bench.poll() is None and time.time() < deadline:
         look()
@@ -183,7 +185,7 @@ def stopped(gauss):
     bench.send_signal(signal.SIGTERM)
     _, stderr = bench.communicate(timeout=120)
     finished = sorted(p.name[:-len(".cell.json")] for p in records.glob("*.cell.json"))
-    return out, finished, {pid: (seen[pid], commands[pid]) for pid in seen}, bench.returncode, stderr
+    return out, finished, {pid: (seen[pid], commands.get(pid, "")) for pid in seen}, bench.returncode, stderr
 
 
 def test_sigterm_stops_every_worker_and_a_rerun_finishes_only_the_missing_cells(gauss, stopped):
