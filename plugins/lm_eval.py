@@ -35,6 +35,7 @@ from collapsekit.capabilities import TransformersLM, require
 from collapsekit.distributed import from_lead
 from collapsekit.errors import CollapsekitError, ConfigError, PluginError
 from collapsekit.markers import hookimpl
+from collapsekit.plugins.tasks import hub
 from collapsekit.seeds import global_rng_states, set_global_rng_states
 
 PLUGIN = "lm-eval"
@@ -115,10 +116,8 @@ class LMEval:
             raise PluginError(f"{PLUGIN} needs lm-evaluation-harness, which does not import here ({exc}); "
                               "install it with: pip install 'collapsekit[lm-eval]'") from None
         self._manager = self._task_manager(TaskManager)
-        from collapsekit.plugins.tasks import hub
-
         offline = hub.offline_reason()
-        with _quiet_harness(), self._datasets(offline):
+        with _quiet_harness(), hub.datasets_mode(offline=offline is not None, bars=False):
             try:
                 self._manager.load(self.tasks)
             except Exception as exc:  # noqa: BLE001 - lm-eval and datasets raise many types; one message each
@@ -155,7 +154,7 @@ class LMEval:
             self._manager = self._task_manager(TaskManager)
         states = global_rng_states()
         try:
-            with _quiet_harness(), self._datasets(True):      # fetched at configure: in the cache now
+            with _quiet_harness(), hub.datasets_mode(offline=True, bars=False):   # fetched at configure: cached
                 lm = HFLM(pretrained=model, tokenizer=self._tokenizer(task), batch_size=self.batch_size,
                           add_bos_token=self.add_bos_token, **self.model_args)
                 out = simple_evaluate(lm, tasks=list(self.tasks), task_manager=self._manager, limit=self.limit,
@@ -194,10 +193,3 @@ class LMEval:
     def _unknown(self, manager: Any) -> list[str]:
         known = set(manager.all_tasks)
         return [name for name in self.tasks if name not in known]
-
-    @staticmethod
-    def _datasets(offline: Any) -> Any:
-        """``datasets`` without progress bars, with Hub access off when ``offline`` (a reason, or True)."""
-        from collapsekit.plugins.tasks import hub
-
-        return hub.datasets_mode(offline=bool(offline), bars=False)
