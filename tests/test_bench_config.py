@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -248,6 +249,22 @@ def test_a_script_without_main_guard_starts_bench_workers(tmp_path):
     pids = json.loads(proc.stdout.splitlines()[-1])
     assert len(pids["workers"]) == 2 and pids["script"] not in pids["workers"]
 
+
+
+def test_a_worker_whose_bench_stopped_listening_exits_quietly():
+    """A stopped bench closes its pipes while a cell is still finishing: the worker's answer finds the pipe closed,
+    and the worker exits 0 without a traceback (one once reached a stopped bench's output)."""
+    import multiprocessing
+
+    parent, child = multiprocessing.Pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "collapsekit.bench.worker", str(child.fileno()), str(os.getpid())],
+                            pass_fds=(child.fileno(),), stderr=subprocess.PIPE, text=True)
+    child.close()
+    parent.send(list(sys.path))
+    parent.send(("time:sleep", (1.0,)))
+    parent.close()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and stderr == "", stderr
 
 # -- errors: one clear message each --------------------------------------------------------------------
 def test_bad_bench_options_are_one_clear_error(cli, tmp_path):

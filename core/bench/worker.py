@@ -2,7 +2,8 @@
 
 Started by :class:`collapsekit.bench.executors.ProcessExecutor` in a session of its own. It reads the
 parent's ``sys.path``, then ``(function path, args)`` messages from the pipe ``FD`` and answers each
-with ``("ok", result)``, ``("error", text)`` or ``("raised", exception)``, until the pipe closes. It
+with ``("ok", result)``, ``("error", text)`` or ``("raised", exception)``, until the pipe closes (an
+answer that finds the pipe closed is dropped quietly: the bench was stopped). It
 kills its session (itself and any process it started) if its parent dies, so that no cell keeps
 computing for a bench that is gone.
 """
@@ -53,7 +54,10 @@ def main(argv: list[str]) -> int:
         except (EOFError, OSError):
             return 0
         status, value = _answer(load_function(path), args)
-        conn.send((status, value))
+        try:
+            conn.send((status, value))
+        except OSError:                 # the parent stopped listening (a stopped bench closes its pipes)
+            return 0
         if status == "error" and str(value).startswith("stopped"):
             return 0
 
