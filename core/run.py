@@ -3,8 +3,10 @@
 Run directory layout (``<root>/<name>/``)::
 
     config.yaml            resolved config of the run (written at start)
-    gen_<k>/model.pt       trained weights of generation k (``Task.save_model``: a state_dict by
-                           default, ``model/`` in the library's format for library models)
+    gen_<k>/model/         trained model of generation k (``Task.save_model``): ``save_pretrained``
+                           of the library for library models (transformers, diffusers; with the tokenizer
+                           for language tasks), ``model.safetensors`` of the state_dict otherwise
+    gen_<k>/samples.*      person-readable samples (``Task.write_samples``: samples.jsonl, samples.png)
     gen_<k>/pool/*.npy     filtered synthetic pool of generation k, with lineage
     gen_<k>/train_lineage/ lineage of the pool generation k trained on
     gen_<k>/plugins/       files plugins saved (``Run.save_file``)

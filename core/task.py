@@ -8,7 +8,7 @@ and configured in YAML under ``task:`` with ``class_path``/``init_args``.
 from __future__ import annotations
 
 import copy
-import io
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -22,6 +22,34 @@ from .pool import WEIGHT_KEY, Pool
 
 QUICK = "gpu-quick"
 """The GPU slice: every task and mitigation at GPU sizes with budgets cut to minutes."""
+
+
+MODEL_DIR = "model"
+"""Folder of a generation that holds its model (``gen_<k>/model/``)."""
+WEIGHTS = "model.safetensors"
+"""File of :meth:`Task.save_model`'s default format in ``model/``: the state dict as safetensors."""
+
+
+def legacy_state_dict(directory: Path) -> dict[str, torch.Tensor] | None:
+    """The state dict in ``directory/model.pt``, where generation folders written before models went into
+    ``model/`` keep their weights; ``None`` when ``directory`` has a ``model/`` folder or no ``model.pt``."""
+    directory = Path(directory)
+    legacy = directory / "model.pt"
+    if (directory / MODEL_DIR).exists() or not legacy.is_file():
+        return None
+    return torch.load(legacy, map_location="cpu", weights_only=True)
+
+
+def save_pretrained(directory: Path, *objects: Any) -> list[str]:
+    """``obj.save_pretrained(directory / "model")`` for each of ``objects`` (a model, its tokenizer, ...) into a
+    fresh ``model/`` folder; return the written files' paths relative to ``directory`` (for the manifest)."""
+    directory = Path(directory)
+    target = directory / MODEL_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    for obj in objects:
+        obj.save_pretrained(target)
+    return sorted(p.relative_to(directory).as_posix() for p in target.rglob("*") if p.is_file())
 
 
 def quick_budget(steps: int) -> int:
@@ -188,24 +216,29 @@ class Task:
         raise NotImplementedError
 
     def save_model(self, model: torch.nn.Module, directory: Path) -> list[str]:
-        """Save ``model`` into ``directory`` (a generation's folder); return the written files' paths
-        relative to it (the engine checksums them in the generation's manifest).
+        """Save ``model`` into ``directory/model/`` (``directory`` is a generation's folder); return the
+        written files' paths relative to ``directory`` (the engine checksums them in the generation's manifest).
 
-        Default: ``model.pt``, the ``state_dict``. Tasks on a library's models save in that library's
-        format instead (e.g. ``save_pretrained`` into ``model/``).
+        Default: ``model/model.safetensors``, the ``state_dict`` (safetensors: no pickle). Tasks on a
+        library's models save in that library's format instead (``save_pretrained`` into ``model/``).
         """
+        from safetensors.torch import save
+
         from .fileio import atomic_write_bytes
 
-        buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
-        atomic_write_bytes(Path(directory) / "model.pt", buffer.getvalue())
-        return ["model.pt"]
+        # copies: safetensors refuses tensors that share memory (e.g. tied weights)
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+        atomic_write_bytes(Path(directory) / MODEL_DIR / WEIGHTS, save(state))
+        return [f"{MODEL_DIR}/{WEIGHTS}"]
 
     def load_model(self, directory: Path) -> torch.nn.Module:
-        """The model that :meth:`save_model` saved into ``directory``. Default: :meth:`build_model`
-        with the weights of ``model.pt``."""
+        """The model that :meth:`save_model` saved into ``directory``. Default: :meth:`build_model` with the
+        weights of ``model/model.safetensors`` (or of a folder's ``model.pt``: :func:`legacy_state_dict`)."""
+        from safetensors.torch import load_file
+
         model = self.build_model()
-        model.load_state_dict(torch.load(Path(directory) / "model.pt", map_location="cpu", weights_only=True))
+        state = legacy_state_dict(directory)
+        model.load_state_dict(state if state is not None else load_file(Path(directory) / MODEL_DIR / WEIGHTS))
         return model
 
     def write_samples(self, samples: Pool, directory: Path) -> list[str]:

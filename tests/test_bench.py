@@ -121,8 +121,10 @@ def test_report_plots_a_single_run(tmp_path, tiny_task):
     run = Run(config, tiny_task, build_manager([]), {"run": vars(config), "task": task_config})
     execute(run, trainer_factory(max_steps=2, enable_progress_bar=False, logger=False))
     paths = report(tmp_path / "r")
-    assert {p.name for p in paths} == {"metrics.png", "headline.png"}
-    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in paths)
+    # every language task writes samples.jsonl, which the report shows as samples.md
+    assert {p.name for p in paths} == {"metrics.png", "headline.png", "samples.md"}
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in paths if p.suffix == ".png")
+    assert "## generation 1" in (tmp_path / "r" / "plots" / "samples.md").read_text()
     with pytest.raises(CollapsekitError, match="neither a run directory"):
         report(tmp_path)
 

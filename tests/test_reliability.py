@@ -2,11 +2,13 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,7 +25,7 @@ def metrics_of(run_dir, generations):
 
 # a kill during synthesis (after the model is saved) runs in the slow suite; the default suite kills
 # while the pool is written, the later of the two points
-@pytest.mark.parametrize("kill_after", [pytest.param("gen_1/model.pt", marks=pytest.mark.slow),
+@pytest.mark.parametrize("kill_after", [pytest.param("gen_1/model/model.safetensors", marks=pytest.mark.slow),
                                         "gen_1/pool/origin_generation.npy"])
 def test_kill_mid_synthesis_or_pool_write_resumes_identically(kill_after, make_config, write_config, tmp_path,
                                                               sigkill_at):
@@ -175,3 +177,28 @@ def test_fuzzed_pool_files_raise_run_state_errors(data, victim, tmp_path):
     except RunStateError:
         return
     assert len(pool) == len(pool.arrays["tokens"])   # whatever loads is internally consistent
+
+
+def test_a_run_folder_with_model_pt_of_an_earlier_collapsekit_resumes(cli, make_config, write_config, tmp_path):
+    """Generation folders written before models went into ``gen_<k>/model/`` hold ``model.pt`` (a state dict).
+    Such a run resumes: generation 1 (``init: previous``) starts from generation 0's ``model.pt`` and gives the
+    numbers of a run written in today's layout."""
+    from collapsekit.fileio import sha256_file
+    from collapsekit.plugins.tasks.markov_text import MarkovText
+
+    ref = write_config(make_config(name="ref", init="previous"), "ref.yaml")
+    assert cli("run", "--config", ref)[0] == 0
+    old = write_config(make_config(name="old", init="previous", generations=1), "old.yaml")
+    assert cli("run", "--config", old)[0] == 0
+    gen0 = tmp_path / "runs" / "old" / "gen_0"
+    model = MarkovText(**make_config()["task"]["init_args"]).load_model(gen0)
+    shutil.rmtree(gen0 / "model")                                   # rewrite generation 0 in the old layout
+    (gen0 / "samples.jsonl").unlink()
+    torch.save(model.state_dict(), gen0 / "model.pt")
+    manifest = {k: v for k, v in json.loads((gen0 / "manifest.json").read_text()).items()
+                if not k.startswith("model/") and k != "samples.jsonl"}
+    (gen0 / "manifest.json").write_text(json.dumps({**manifest, "model.pt": sha256_file(gen0 / "model.pt")}))
+    resumed = write_config(make_config(name="old", init="previous", generations=2), "resumed.yaml")
+    code, out, err = cli("run", "--config", resumed)
+    assert code == 0, err
+    assert metrics_of(tmp_path / "runs" / "old", 2) == metrics_of(tmp_path / "runs" / "ref", 2)

@@ -26,7 +26,7 @@ def test_two_generation_run_from_yaml(cli, make_config, write_config, tmp_path):
     run_dir = tmp_path / "runs" / "tiny"
     for g in range(2):
         files = {p.relative_to(run_dir / f"gen_{g}").as_posix() for p in (run_dir / f"gen_{g}").rglob("*")}
-        assert {"model.pt", "metrics.json", "manifest.json", "done", "pool/tokens.npy",
+        assert {"model/model.safetensors", "model/config.json", "model/tokenizer.json", "samples.jsonl", "metrics.json", "manifest.json", "done", "pool/tokens.npy",
                 "pool/origin_generation.npy", "pool/origin_index.npy",
                 "train_lineage/origin_generation.npy"} <= files
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -109,9 +109,7 @@ def test_generated_plugin_installs_is_discovered_passes_its_tests_and_runs(tmp_p
                                 stderr=subprocess.STDOUT, text=True)
         metrics = run_tiny(tmp_path / "runs", [{"class_path": name, "init_args": {"weight": 0.01}}],
                            name="tmpl", generations=1, max_steps=3)[0]
-        task = toy_task()
-        model = task.build_model()
-        model.load_state_dict(torch.load(tmp_path / "runs" / "tmpl" / "gen_0" / "model.pt", weights_only=True))
+        model = toy_task().load_model(tmp_path / "runs" / "tmpl" / "gen_0")
         with torch.no_grad():
             norm = math.sqrt(sum(float((p.double() ** 2).sum()) for p in model.parameters()))
         assert metrics[f"{name}/weight_norm"] == pytest.approx(norm, rel=1e-9)

@@ -37,6 +37,7 @@ import torch
 from collapsekit.capabilities import TextItems
 from collapsekit.pool import Pool
 from collapsekit.plugins.probes import distinct_n
+from collapsekit.plugins.tasks.hf_data import byte_tokenizer
 from collapsekit.plugins.tasks.language import CausalLMTask
 from ._bench import CHEAP_SEEDS
 
@@ -186,10 +187,9 @@ class BibleLM(CausalLMTask, TextItems):
                                np.random.default_rng([self.heldout_seed, 7]), "heldout_size")
         return train, heldout
 
-    def decode(self, tokens: np.ndarray) -> list[str]:
-        """Text of token rows (BOS first column dropped; invalid UTF-8 replaced)."""
-        rows = np.asarray(tokens)[:, 1:]
-        return [bytes(int(t) for t in row if t < 256).decode("utf8", errors="replace") for row in rows]
+    def build_tokenizer(self):
+        """The byte-level tokenizer: ids 0..255 are the UTF-8 bytes, 256 is ``<bos>`` (saved with each model)."""
+        return byte_tokenizer()
 
     # -- optimiser ----------------------------------------------------------------
     def configure_optimizers(self, model):
@@ -211,8 +211,12 @@ class BibleLM(CausalLMTask, TextItems):
         logp = torch.log_softmax(logits, dim=-1)
         return float(-(logp.exp() * logp).sum(-1).mean())
 
+    def bits_per_byte(self, nll: float) -> float:
+        """Bits per byte: every token is one byte."""
+        return nll / math.log(2)
+
     def extra_metrics(self, model, samples: Pool | None) -> dict[str, float]:
-        metrics = {"heldout_bpb": self.heldout_nll(model) / math.log(2)}
+        metrics = {}
         if samples is not None and len(samples):
             gen = np.asarray(samples.arrays["tokens"])
             metrics["distinct_4"] = distinct_n(gen[:, 1:], 4)

@@ -18,6 +18,13 @@ from collapsekit.capabilities import Sampler
 from collapsekit.task import Task, pool_batch
 
 
+def check_int(task: str, name: str, value: Any, minimum: int = 1, floor: str = "", why: str = "") -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer >= ``minimum`` (``floor`` spells the bound out, ``why``
+    says what needs it)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{task}: {name} must be an integer >= {floor or minimum}{why}, got {value!r}")
+
+
 class FullBatch(Dataset):
     """A dataset of one item: every array of ``pool`` as a tensor, plus ``"weight"`` when the pool carries
     per-item loss weights (full-batch training)."""

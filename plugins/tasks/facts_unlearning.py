@@ -37,15 +37,13 @@ probes (``heldout_nll``, ``distinct_n``, ...).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from collapsekit.capabilities import ForgetRetain, TextItems
-from collapsekit.pool import REAL, Pool
-from collapsekit.plugins.tasks.language import CausalLMTask
+from collapsekit.capabilities import TextItems
+from collapsekit.plugins.tasks.language import CausalLMTask, ForgetRetainRows
 from ._bench import CHEAP_SEEDS
 
 TEMPLATE_WORDS = ("born", "in", ",", "works", "as", "likes", ".")
@@ -64,7 +62,7 @@ def _unlearn_args(lr: float, steps: int) -> dict:
     return {"gradient-ascent": args, "npo": args, "npo-rt": args, "simnpo": args}
 
 
-class FactsUnlearning(CausalLMTask, ForgetRetain, TextItems):
+class FactsUnlearning(CausalLMTask, ForgetRetainRows, TextItems):
     """Fictitious facts on a small GPT-2: learn all (generation 0), unlearn a forget split (generations >= 1)."""
 
     name: ClassVar[str] = "facts-unlearning"
@@ -182,24 +180,6 @@ class FactsUnlearning(CausalLMTask, ForgetRetain, TextItems):
         tokens = self.render(people)
         return tokens[:self.num_people], tokens[self.num_people:]
 
-    def real_pool(self) -> Pool:
-        """All ``num_people`` facts (forget and retain), ``example_id`` = person index."""
-        return Pool.fresh({"tokens": self.train_tokens,
-                           "example_id": np.arange(self.num_people, dtype=np.int64)}, REAL)
-
-    def _split(self, ids: np.ndarray | None) -> Pool:
-        if ids is None:
-            raise RuntimeError("call setup(seed) before asking for the forget or retain split")
-        return self.real_pool().select(ids)
-
-    def forget_pool(self) -> Pool:
-        """The facts to unlearn (real items, lineage = index in the real pool)."""
-        return self._split(self.forget_ids)
-
-    def retain_pool(self) -> Pool:
-        """The facts to keep (real items, lineage = index in the real pool)."""
-        return self._split(self.retain_ids)
-
     @staticmethod
     def answer_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Bool [N, SEQ_LEN] over ``step``'s labels: True on the answer (every token after the name)."""
@@ -208,22 +188,13 @@ class FactsUnlearning(CausalLMTask, ForgetRetain, TextItems):
         mask[:, list(ANSWER_POSITIONS)] = True
         return mask
 
-    # -- synthesis ------------------------------------------------------------
-    def sample(self, model, n, generator, **options: Any):
-        out = super().sample(model, n, generator, **options)
-        out["example_id"] = np.full(n, -1, dtype=np.int64)
-        return out
-
     # -- probes ---------------------------------------------------------------
-    @torch.no_grad()
     def token_stats(self, model: torch.nn.Module, tokens: np.ndarray, positions: tuple[int, ...]
                     ) -> tuple[float, float]:
         """Mean NLL (nats) and argmax accuracy of ``tokens`` (BOS first) at content ``positions``."""
-        logp = torch.log_softmax(self.token_logits(model, tokens).float(), -1)[:, list(positions)]
-        target = torch.as_tensor(tokens[:, 1:][:, list(positions)])
-        nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        acc = (logp.argmax(-1) == target).float()
-        return float(nll.mean()), float(acc.mean())
+        mask = torch.zeros(len(tokens), SEQ_LEN, dtype=torch.bool)
+        mask[:, list(positions)] = True
+        return self.masked_stats(model, tokens, mask)
 
     def valid_share(self, content: np.ndarray) -> float:
         """Share of content rows [N, SEQ_LEN] that follow the fact grammar (each slot of its kind)."""
@@ -251,7 +222,6 @@ class FactsUnlearning(CausalLMTask, ForgetRetain, TextItems):
             metrics["sample_valid"] = self.valid_share(np.asarray(samples.arrays["tokens"])[:, 1:])
         return metrics
 
-    def decode(self, tokens: np.ndarray) -> list[str]:
-        """Readable text of token rows (BOS shown as ``<bos>``)."""
-        words = self.vocab + ["<bos>"]
-        return [" ".join(words[int(t)] for t in row) for row in np.asarray(tokens)]
+    def token_names(self) -> list[str]:
+        """The words: template words, then first names ``F<i>``, last names ``L<i>``, cities, jobs, hobbies."""
+        return list(self.vocab)

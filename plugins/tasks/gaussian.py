@@ -36,7 +36,7 @@ from torch import nn
 
 from collapsekit.capabilities import ItemWeights
 from collapsekit.errors import CollapsekitError
-from collapsekit.plugins.tasks.exact_fit import ExactFitTask
+from collapsekit.plugins.tasks.exact_fit import ExactFitTask, check_int
 from collapsekit.pool import REAL, Pool
 from ._bench import CHEAP_SEEDS, MIX_CONTROLS, MIX_VARIANTS
 
@@ -140,13 +140,10 @@ class Gaussian(ExactFitTask, ItemWeights):
 
     def __init__(self, dim: int = 4, train_size: int = 64, replicates: int = 1, condition: float = 4.0,
                  lr: float = 0.1) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"gaussian: dim must be an integer >= 1, got {dim!r}")
-        if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < dim + 1:
-            raise ValueError(f"gaussian: train_size must be an integer >= dim + 1 = {dim + 1} "
-                             f"(else the MLE covariance is singular), got {train_size!r}")
-        if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
-            raise ValueError(f"gaussian: replicates must be an integer >= 1, got {replicates!r}")
+        check_int("gaussian", "dim", dim)
+        check_int("gaussian", "train_size", train_size, dim + 1, f"dim + 1 = {dim + 1}",
+                  " (else the MLE covariance is singular)")
+        check_int("gaussian", "replicates", replicates)
         if not condition >= 1:
             raise ValueError(f"gaussian: condition must be >= 1, got {condition!r}")
         super().__init__(batch_size=train_size, lr=lr)

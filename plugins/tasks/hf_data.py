@@ -1,6 +1,6 @@
 """What ``hf-lm`` takes from the Hugging Face libraries: models, tokenizers and ``datasets`` corpora
-(a local path, the local cache or the Hub: :mod:`collapsekit.plugins.tasks.hub`), plus the
-byte-level tokenizer of the CPU presets and the packing of token streams into blocks."""
+(a local path, the local cache or the Hub: :mod:`collapsekit.plugins.tasks.hub`), plus the tokenizers
+of from-scratch models (byte-level, and one word per id) and the packing of token streams into blocks."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -59,15 +59,33 @@ def _byte_chars() -> dict[int, str]:
 def byte_tokenizer() -> Any:
     """A ``PreTrainedTokenizerFast`` whose ids 0..255 are the UTF-8 bytes and 256 is ``<bos>`` (also EOS, pad)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     chars = _byte_chars()
     backend = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
+    return tokenizer_with_bos(backend)
+
+
+def word_tokenizer(words: list[str]) -> Any:
+    """A ``PreTrainedTokenizerFast`` whose id ``i`` is ``words[i]`` (text: the words separated by whitespace)
+    and ``len(words)`` is ``<bos>`` (also EOS, pad): the tokenizer of a task over a fixed token set."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    if len(set(words)) != len(words) or any(not w or w.split() != [w] for w in words):
+        raise ValueError("word_tokenizer: the words must be distinct, non-empty and free of whitespace")
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tokenizer_with_bos(backend)
+
+
+def tokenizer_with_bos(backend: Any) -> Any:
+    """A ``PreTrainedTokenizerFast`` of the ``tokenizers`` ``backend`` with ``<bos>`` (also EOS, pad) added as the
+    next id."""
+    from transformers import PreTrainedTokenizerFast
+
     backend.add_special_tokens(["<bos>"])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<bos>",
-                                   pad_token="<bos>")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<bos>", pad_token="<bos>")
 
 
 # -- data helpers -------------------------------------------------------------------

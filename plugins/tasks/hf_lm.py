@@ -37,10 +37,11 @@ samples (and scores, :meth:`token_scores`) with a vLLM engine over the generatio
 instead, one seed per item drawn from the generator (:mod:`collapsekit.plugins.vllm_backend`;
 beams and ``no_repeat_ngram_size`` are refused there).
 
-Saving. Each generation's model is ``gen_<k>/model/`` (``save_pretrained`` safetensors plus
-the tokenizer): ``AutoModelForCausalLM.from_pretrained(run_dir / "gen_<k>" / "model")`` loads
-it. With ``lora`` (``peft.LoraConfig`` arguments) the base weights are frozen and adapters
-trained; the saved model holds the MERGED weights (plain ``from_pretrained`` loads it) and a
+Model, training, sampling, NLL and saving are the path every language task shares
+(:class:`~collapsekit.plugins.tasks.language.LanguageTask`). Each generation's model is
+``gen_<k>/model/`` (``save_pretrained`` safetensors plus the tokenizer):
+``AutoModelForCausalLM.from_pretrained(run_dir / "gen_<k>" / "model")`` loads it. With ``lora``
+(``peft.LoraConfig`` arguments) the base weights are frozen and adapters trained; the saved model holds the MERGED weights (plain ``from_pretrained`` loads it) and a
 generation that starts from it (``run.init: previous``) gets fresh adapters on top.
 ``gen_<k>/samples.jsonl`` holds the decoded samples with their lineage.
 
@@ -59,7 +60,7 @@ run before training with one message naming it and how to provide it.
 Metrics: ``heldout_nll`` (nats per token), ``heldout_ppl``, ``heldout_bpb`` (total held-out NLL
 in bits / UTF-8 bytes of the decoded held-out blocks), ``effective_rank`` (mean-pooled last
 hidden state of up to 256 held-out blocks); of the generated tokens of the samples (prompt
-excluded): ``distinct_1/2/3``, ``tail_coverage_1/2`` (rare held-out n-grams still produced),
+excluded): ``distinct_1/2/3``, ``unigram_entropy``, ``tail_coverage_1/2`` (rare held-out n-grams still produced),
 ``repetition`` (1 - distinct 4-grams / 4-grams within each sample, averaged over samples:
 0 = no 4-gram repeats inside a sample, near 1 = a loop; not ranked: noise lowers it too); with forget data
 ``forget_nll`` / ``retain_nll`` (mean answer-token NLL) and ``forget_acc`` / ``retain_acc``
@@ -67,52 +68,24 @@ excluded): ``distinct_1/2/3``, ``tail_coverage_1/2`` (rare held-out n-grams stil
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import math
-import shutil
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from collapsekit.capabilities import (ForgetRetain, HiddenStates, Sampler, StepFeatures, TextItems,
-                                      TokenSequences, TransformersLM)
-from collapsekit.distributed import shard
+from collapsekit.capabilities import TextItems, TransformersLM
 from collapsekit.errors import ConfigError
-from collapsekit.fileio import atomic_write_bytes
-from collapsekit.metrics import MeanNLL
-from collapsekit.plugins.probes import distinct_n, effective_rank, repetition, tail_coverage
-from collapsekit.plugins.sampling import sample_tokens
-from collapsekit.plugins.vllm_backend import VLLMBackend, save_for_engine
-from collapsekit.plugins.tasks.hf_data import (byte_tokenizer, carve, column, load_hf, load_records, pack_blocks,
-                                              quiet_transformers)
+from collapsekit.plugins.tasks.hf_data import byte_tokenizer, carve, column, load_hf, load_records, pack_blocks
 from collapsekit.plugins.tasks.hf_models import (check_causal, check_causal_lm_class, check_lora_targets,
                                                 check_trainable_dtype)
-from collapsekit.pool import REAL, Pool
-from collapsekit.task import QUICK, Task
-
-SAMPLER_KEYS = ("temperature", "top_k", "top_p")
-GENERATE_KEYS = ("num_beams", "repetition_penalty", "no_repeat_ngram_size")
+from collapsekit.plugins.tasks.language import GENERATE_KEYS, SAMPLER_KEYS, ForgetRetainRows, LanguageTask
+from collapsekit.plugins.vllm_backend import VLLMBackend, save_for_engine
+from collapsekit.task import QUICK
 
 
-@contextlib.contextmanager
-def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """``model`` in eval mode without gradients; its training mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
-
-
-class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, TextItems, ForgetRetain,
-                 TransformersLM):
+class HFCausalLM(LanguageTask, TextItems, ForgetRetainRows, TransformersLM):
     """Any ``transformers`` causal LM, pretrained or from scratch, on any ``datasets`` corpus.
 
     Args:
@@ -144,17 +117,13 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
     """
 
     name: ClassVar[str] = "hf-lm"
-    pool_keys: ClassVar[tuple[str, ...]] = ("tokens",)
-    input_key: ClassVar[str] = "tokens"
     headline: ClassVar[tuple[str, ...]] = ("heldout_ppl", "tail_coverage_2", "distinct_2", "repetition")
     bench_methods: ClassVar[tuple[str, ...]] = ("baseline", "accumulate", "accumulate-subsample", "token-editing")
     #: ``None`` = no better direction: raw distinct-n rises both with diversity and with accumulated noise;
     #: ``repetition`` rises with degenerate loops (beam search) but falls with noise, and real text has its own
     #: level (measured on the cpu preset: 0.054 for KJV byte blocks, 0.012 for the replace samples)
     higher_is_better: ClassVar[dict[str, bool | None]] = {
-        "heldout_nll": False, "heldout_ppl": False, "heldout_bpb": False, "effective_rank": True,
-        "distinct_1": None, "distinct_2": None, "distinct_3": None,
-        "tail_coverage_1": True, "tail_coverage_2": True, "repetition": None,
+        **LanguageTask.higher_is_better, "heldout_bpb": False,
         "forget_nll": True, "forget_acc": False, "retain_nll": False, "retain_acc": True,
     }
 
@@ -339,6 +308,7 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
             raise ConfigError(f"hf-lm: the tokenizer {source!r} has neither a BOS nor an EOS token; every row "
                               "starts with one. Give a tokenizer that has one (tokenizer: <dir>)")
         self.pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, self.bos_id) if i is not None)
+        self.ignore_index = self.pad_id                 # pad labels (QA rows) are left out of the loss
         text = self.model_config.get_text_config()
         if model is None:                           # from scratch: the tokenizer sets the vocabulary
             text.vocab_size = len(tok)
@@ -428,9 +398,6 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
                               f"block_size={self.block_size}; give more text or lower block_size")
         return self.with_bos(blocks)
 
-    def with_bos(self, rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.full((len(rows), 1), self.bos_id, dtype=np.int64), rows], axis=1)
-
     def setup(self, seed: int) -> None:
         super().setup(seed)
         train_docs, held_docs = self.documents()
@@ -447,6 +414,10 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         if self.forget_spec is not None:
             self._setup_unlearning()
             self.prompt_tokens = self._prompt_length(*self._prompt_args)
+
+    def real_arrays(self) -> dict[str, np.ndarray]:
+        """The real pool's arrays and the held-out blocks (the run's data fingerprint)."""
+        return {**self.real_pool().arrays, "heldout_tokens": self.heldout_tokens}
 
     def _setup_unlearning(self) -> None:
         """Real pool = forget then retain QA rows, padded to one width; answer spans per ``example_id``."""
@@ -472,30 +443,7 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
         self.forget_ids = np.arange(counts[0])
         self.retain_ids = np.arange(counts[0], len(rows))
 
-    def real_arrays(self) -> dict[str, np.ndarray]:
-        """The real pool's arrays and the held-out blocks (the run's data fingerprint)."""
-        return {**self.real_pool().arrays, "heldout_tokens": self.heldout_tokens}
-
-    def real_pool(self) -> Pool:
-        arrays = {"tokens": self.train_tokens}
-        if self.forget_spec is not None:
-            arrays["example_id"] = np.arange(len(self.train_tokens), dtype=np.int64)
-        return Pool.fresh(arrays, REAL)
-
-    def decode(self, items: np.ndarray) -> list[str]:
-        """Text of token rows (BOS column dropped, special tokens skipped)."""
-        rows = np.asarray(items)[:, 1:]
-        return self.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=True)
-
     # -- unlearning -------------------------------------------------------------------
-    def forget_pool(self) -> Pool:
-        """The QA rows to unlearn (real items; ``example_id`` = index in the real pool)."""
-        return self.real_pool().select(self.forget_ids)
-
-    def retain_pool(self) -> Pool:
-        """The QA rows to keep (real items; ``example_id`` = index in the real pool)."""
-        return self.real_pool().select(self.retain_ids)
-
     def answer_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Bool [N, width - 1] over ``step``'s labels: the answer tokens of each real row
         (synthetic rows, ``example_id`` -1: every non-pad label)."""
@@ -509,139 +457,50 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
 
     # -- model ------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
-        """Pretrained weights freshly loaded (``model``), or a fresh init of ``config`` (seeded by the engine)."""
+        """Pretrained weights freshly loaded (``model``), or a fresh init of ``config`` (seeded by the engine);
+        the first model built is checked to be causal."""
         from transformers import AutoModelForCausalLM
 
         self.release_inference()
-        quiet_transformers()
-        if self.model_name is not None:
-            model = load_hf(AutoModelForCausalLM.from_pretrained, self.model_name, "model", dtype=self.dtype)
+        if self.model_name is None:
+            model = super().build_model()
         else:
-            model = AutoModelForCausalLM.from_config(self.model_config)
+            model = self.prepare(load_hf(AutoModelForCausalLM.from_pretrained, self.model_name, "model",
+                                         dtype=self.dtype))
         if not self.causal_checked:
             check_causal(model, self.vocab_size, self.context, self.source_name)
             self.causal_checked = True
-        return self._prepare(model)
-
-    def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Cast, enable gradient checkpointing and wrap with fresh LoRA adapters as configured; in train
-        mode (``from_pretrained`` returns eval mode, which would switch dropout off in training)."""
-        model = model.to(self.dtype).train()
-        if self.gradient_checkpointing:
-            if hasattr(model, "activation_checkpointing_enable"):            # transformers >= 5
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.lora is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, copy.deepcopy(self.lora))
         return model
 
     def save_model(self, model: torch.nn.Module, directory: Path) -> list[str]:
-        """``model/`` = ``save_pretrained`` (safetensors; LoRA merged into the weights) plus the tokenizer."""
-        directory = Path(directory)
-        target = directory / "model"
-        if target.exists():
-            shutil.rmtree(target)
-        quiet_transformers()
-        self._plain(model).save_pretrained(target)
-        self.tokenizer.save_pretrained(target)
+        """The shared ``model/`` folder; with ``backend: vllm`` the engine of ``model`` loads that folder."""
+        files = super().save_model(model, directory)
         if self.inference is not None:
-            self.inference.remember(model, target)
-        return sorted(p.relative_to(directory).as_posix() for p in target.rglob("*") if p.is_file())
-
-    def _plain(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` as a plain transformers model (a merged copy when LoRA adapters are trained)."""
-        return copy.deepcopy(model).merge_and_unload() if self.lora is not None else model
+            self.inference.remember(model, Path(directory) / "model")
+        return files
 
     def load_model(self, directory: Path) -> torch.nn.Module:
-        """The model saved by :meth:`save_model` (merged weights; fresh LoRA adapters when ``lora`` is set)."""
-        from transformers import AutoModelForCausalLM
-
         self.release_inference()
-        path = Path(directory) / "model"
-        return self._prepare(load_hf(AutoModelForCausalLM.from_pretrained, str(path), "model", dtype=self.dtype))
+        return super().load_model(directory)
 
-    def write_samples(self, samples: Pool, directory: Path) -> list[str]:
-        """``samples.jsonl``: one ``{"text", "origin_generation", "origin_index"}`` line per sample."""
-        texts = self.decode(np.asarray(samples.arrays["tokens"])) if len(samples) else []
-        lines = [json.dumps({"text": t, "origin_generation": int(g), "origin_index": int(i)}, ensure_ascii=False)
-                 for t, g, i in zip(texts, samples.origin_generation, samples.origin_index)]
-        atomic_write_bytes(Path(directory) / "samples.jsonl", "".join(line + "\n" for line in lines).encode("utf8"))
-        return ["samples.jsonl"]
-
-    def configure_optimizers(self, model: torch.nn.Module) -> Any:
-        params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-
-    # -- training ---------------------------------------------------------------------
-    def forward(self, model: torch.nn.Module, tokens: torch.Tensor, hidden_states: bool = False) -> Any:
-        """Model output on ``tokens[:, :-1]`` (on the model's device); ``.logits[:, t]`` predicts ``tokens[:, t+1]``."""
-        tokens = tokens.to(next(model.parameters()).device)
-        return model(input_ids=tokens[:, :-1], use_cache=False, output_hidden_states=hidden_states)
-
-    def step(self, model, batch, requirements):
-        """Next-token cross-entropy over the non-pad labels; ``logits``/``labels`` and, when asked,
-        ``hidden_states`` and ``features`` (mean-pooled last hidden state)."""
-        tokens = batch["tokens"]
-        want_hidden = bool({"hidden_states", "features"} & set(requirements))
-        out = self.forward(model, tokens, hidden_states=want_hidden)
-        labels = tokens[:, 1:]
-        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=self.pad_id)
-        result: dict[str, Any] = {"loss": loss, "logits": out.logits, "labels": labels}
-        if want_hidden:
-            result["hidden_states"] = out.hidden_states
-            result["features"] = out.hidden_states[-1].mean(dim=1)
-        return result
-
-    def token_logits(self, model: torch.nn.Module, tokens: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Logits [N, T-1, V'] (no grad); ``[:, t]`` predicts ``tokens[:, t+1]``."""
-        tokens = torch.as_tensor(np.array(tokens, dtype=np.int64)) if not isinstance(tokens, torch.Tensor) else tokens
-        with evaluating(model):
-            return torch.cat([self.forward(model, tokens[i:i + self.eval_batch_size]).logits
-                              for i in range(0, len(tokens), self.eval_batch_size)])
-
-    # -- synthesis --------------------------------------------------------------------
-    def sample(self, model, n, generator, **options):
-        """``n`` rows of the pool width: BOS (+ a real prefix with ``train_prefix``) and sampled tokens.
-
-        ``options`` (the ancestral plugin's ``temperature``/``top_k``/``top_p``) apply unless
-        ``generation`` sets them. Draws only from ``generator``.
-        """
-        settings = {**{k: v for k, v in options.items() if k in SAMPLER_KEYS}, **self.generation}
-        prompts = torch.as_tensor(self._prompt_rows(n, generator))
-        new = self.width - prompts.shape[1]
-        plain = settings.get("num_beams", 1) == 1 and settings.get("repetition_penalty", 1.0) == 1.0 \
-            and not settings.get("no_repeat_ngram_size")
-        if self.inference is not None:
-            tokens = torch.as_tensor(self._vllm_sample(model, prompts, new, generator, settings))
-        elif plain:
-            tokens = sample_tokens(model, prompts, new, generator, temperature=settings.get("temperature", 1.0),
-                                   top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
-                                   batch_size=self.eval_batch_size, suppress=self.suppress)
-        else:
-            tokens = self._generate(model, prompts, new, generator, settings)
-        out = {"tokens": tokens.numpy().astype(np.int64)}
-        if self.forget_spec is not None:
-            out["example_id"] = np.full(n, -1, dtype=np.int64)
-        return out
-
-    def _vllm_sample(self, model, prompts: torch.Tensor, new: int, generator: torch.Generator,
-                     settings: dict[str, Any]) -> np.ndarray:
-        """The rows sampled by the vLLM engine of ``model``: one request per prompt, seeded with one draw per item
-        from ``generator`` (so items differ, and the same generator gives the same rows)."""
+    # -- inference backend ------------------------------------------------------------
+    def continuation(self, model, prompts, new, generator, settings):
+        """With ``backend: vllm``: the rows sampled by the vLLM engine of ``model``, one request per prompt,
+        seeded with one draw per item from ``generator`` (so items differ, and the same generator gives the
+        same rows); else the shared path's."""
+        if self.inference is None:
+            return super().continuation(model, prompts, new, generator, settings)
         seeds = torch.randint(2 ** 63 - 1, (len(prompts),), generator=generator).tolist()
-        return self._engine(model).generate(
+        return torch.as_tensor(self._engine(model).generate(
             prompts.tolist(), new, seeds, self.suppress, temperature=settings.get("temperature", 1.0),
             top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
-            repetition_penalty=settings.get("repetition_penalty", 1.0))
+            repetition_penalty=settings.get("repetition_penalty", 1.0)))
 
     def _engine(self, model: torch.nn.Module):
         """The vLLM engine serving ``model`` (its saved ``gen_<k>/model/``, or a temporary copy)."""
         width = self.width + 1                          # scoring a full row asks for one token more
         context = min(width, self.context) if self.context else width
-        return self.inference.engine_for(model, lambda d: save_for_engine(self._plain(model), self.tokenizer, d),
+        return self.inference.engine_for(model, lambda d: save_for_engine(self.plain(model), self.tokenizer, d),
                                          max_model_len=context)
 
     def release_inference(self) -> None:
@@ -655,88 +514,23 @@ class HFCausalLM(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Text
             return super().token_scores(model, tokens, k)
         return self._engine(model).score(np.asarray(tokens), k, self.vocab_size, self.logits_size)
 
-    def _prompt_rows(self, n: int, generator: torch.Generator) -> np.ndarray:
-        """[n, 1 + prompt_tokens]: BOS, or BOS + the first ``prompt_tokens`` of real rows (picked by a permutation
-        from ``generator``, cycled when ``n`` exceeds the real rows)."""
-        if self.prompt == "empty":
-            return np.full((n, 1), self.bos_id, dtype=np.int64)
-        real = self.train_tokens
-        order = torch.randperm(len(real), generator=generator).numpy()
-        return np.asarray(real[np.resize(order, n), : 1 + self.prompt_tokens], dtype=np.int64)
-
-    def _generate(self, model, prompts: torch.Tensor, new: int, generator: torch.Generator,
-                  settings: dict[str, Any]) -> torch.Tensor:
-        """``model.generate`` for beams / penalties: exactly ``new`` tokens, specials suppressed, global RNG
-        seeded from ``generator`` inside ``fork_rng`` (the caller's RNG state is untouched)."""
-        from transformers import GenerationConfig
-
-        temperature = settings.get("temperature", 1.0)
-        config = GenerationConfig(
-            max_new_tokens=new, min_new_tokens=new, do_sample=temperature > 0,
-            num_beams=settings.get("num_beams", 1), repetition_penalty=settings.get("repetition_penalty", 1.0),
-            no_repeat_ngram_size=settings.get("no_repeat_ngram_size", 0),
-            **({"temperature": temperature, "top_k": settings.get("top_k", 0), "top_p": settings.get("top_p", 1.0)}
-               if temperature > 0 else {}),
-            suppress_tokens=self.suppress, pad_token_id=self.pad_id, bos_token_id=self.bos_id,
-            eos_token_id=None)
-        seed = int(torch.randint(2 ** 62, (1,), generator=generator))
-        device = next(model.parameters()).device
-        parts = []
-        with evaluating(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for i in range(0, len(prompts), self.eval_batch_size):
-                chunk = prompts[i:i + self.eval_batch_size].to(device)
-                out = model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk),
-                                     generation_config=config)
-                parts.append(out[:, : chunk.shape[1] + new].cpu())
-        return torch.cat(parts)
-
     # -- probes -------------------------------------------------------------------------
-    def heldout_nll(self, model: torch.nn.Module) -> float:
-        """Mean per-token NLL (nats) of the held-out blocks (under DDP each process takes its
-        :func:`~collapsekit.distributed.shard` of the blocks; the mean is reduced)."""
-        metric = MeanNLL().to(next(model.parameters()).device)
-        rows = shard(len(self.heldout_tokens))
-        with evaluating(model):
-            for i in range(rows.start, rows.stop, self.eval_batch_size):
-                chunk = torch.as_tensor(self.heldout_tokens[i:min(i + self.eval_batch_size, rows.stop)])
-                logits = self.forward(model, chunk).logits.float()
-                labels = chunk[:, 1:].to(logits.device)
-                metric.update(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum"), labels.numel())
-        return float(metric.compute())
-
-    def heldout_rank(self, model: torch.nn.Module, limit: int = 256) -> float:
-        """Effective rank of the mean-pooled last hidden state of up to ``limit`` held-out blocks."""
-        tokens = torch.as_tensor(self.heldout_tokens[:limit])
-        with evaluating(model):
-            features = torch.cat([self.forward(model, tokens[i:i + self.eval_batch_size], True).hidden_states[-1]
-                                  .float().mean(1).cpu() for i in range(0, len(tokens), self.eval_batch_size)])
-        return effective_rank(features)
-
-    def answer_stats(self, model: torch.nn.Module, ids: np.ndarray) -> tuple[float, float]:
-        """Mean answer-token NLL (nats) and teacher-forced argmax accuracy of the QA rows ``ids``."""
-        tokens = torch.as_tensor(self.train_tokens[ids])
-        logp = torch.log_softmax(self.token_logits(model, tokens).float().cpu(), -1)
-        mask = self.answer_mask({"tokens": tokens, "example_id": torch.as_tensor(ids)})
-        labels = tokens[:, 1:]
-        nll = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        acc = (logp.argmax(-1) == labels).float()
-        return float(nll[mask].mean()), float(acc[mask].mean())
-
     def evaluate(self, model, samples):
         self.release_inference()
-        nll = self.heldout_nll(model)
-        metrics = {"heldout_nll": nll, "heldout_ppl": float(math.exp(min(nll, 700.0))),
-                   "heldout_bpb": nll * (self.heldout_tokens.shape[1] - 1) * len(self.heldout_tokens)
-                   / math.log(2) / max(self.heldout_bytes, 1),
-                   "effective_rank": self.heldout_rank(model)}
-        if samples is not None and len(samples):
-            gen = np.asarray(samples.arrays["tokens"])[:, 1 + self.prompt_tokens:]
-            ref = self.heldout_tokens[:, 1:]
-            metrics.update({f"distinct_{n}": distinct_n(gen, n, ignore=self.pad_id) for n in (1, 2, 3)})
-            metrics.update({f"tail_coverage_{n}": tail_coverage(ref, gen, n=n) for n in (1, 2)})
-            metrics["repetition"] = repetition(gen, 4, ignore=self.pad_id)
-        if self.forget_spec is not None:
-            metrics["forget_nll"], metrics["forget_acc"] = self.answer_stats(model, self.forget_ids)
-            metrics["retain_nll"], metrics["retain_acc"] = self.answer_stats(model, self.retain_ids)
+        return super().evaluate(model, samples)
+
+    def extra_metrics(self, model, samples):
+        """With forget data: ``forget_nll`` / ``forget_acc`` and ``retain_nll`` / ``retain_acc`` (answer tokens)."""
+        if self.forget_spec is None:
+            return {}
+        metrics = {}
+        for what, ids in (("forget", self.forget_ids), ("retain", self.retain_ids)):
+            tokens = self.train_tokens[ids]
+            mask = self.answer_mask({"tokens": torch.as_tensor(tokens), "example_id": torch.as_tensor(ids)})
+            metrics[f"{what}_nll"], metrics[f"{what}_acc"] = self.masked_stats(model, tokens, mask)
         return metrics
+
+    def bits_per_byte(self, nll: float) -> float:
+        """Total held-out NLL in bits / UTF-8 bytes of the decoded held-out blocks."""
+        return nll * (self.heldout_tokens.shape[1] - 1) * len(self.heldout_tokens) / math.log(2) \
+            / max(self.heldout_bytes, 1)

@@ -13,7 +13,9 @@ Model: ``model: unet`` is a ``diffusers.UNet2DModel`` built from the ``unet`` di
 ``in_channels``/``out_channels`` and, for labelled data, ``num_class_embeds = num_classes + 1``
 filled in from the data; the extra label is the *null* label, used with probability
 ``label_dropout`` in training as in classifier-free guidance and by :meth:`ImageDiffusion.encode`).
-``model: mlp`` is digits-diffusion's MLP denoiser on the flattened image (far cheaper on a CPU).
+``model: mlp`` is :class:`~collapsekit.plugins.tasks.denoiser.Denoiser`, an MLP noise predictor on the
+flattened image (far cheaper on a CPU). Each generation's model is saved with ``save_pretrained`` into
+``gen_<k>/model/``: ``UNet2DModel.from_pretrained`` (or ``Denoiser.from_pretrained``) opens it.
 Training: ``x_t = scheduler.add_noise(x0, eps, t)`` with ``t`` uniform over the scheduler's
 ``num_train_timesteps``; the loss is the MSE to ``eps`` (``prediction_type: epsilon``), to
 ``scheduler.get_velocity(x0, eps, t)`` (``v_prediction``) or to ``x0`` (``sample``).
@@ -22,9 +24,10 @@ Sampling: the ``sampler`` (``ddpm`` or ``ddim``, eta 0) built from the training 
 ``generator`` passed to :meth:`ImageDiffusion.sample`.
 
 Probes (torchmetrics), on ``eval_samples`` images the model draws with a generator fixed by the task
-seed, in the feature space of a frozen evaluator: a small CNN classifier trained once on the real
-training images of the task seed (labelled data), a frozen randomly initialised CNN (unlabelled data;
-random-feature FID), or InceptionV3 from ``inception_path`` (needs ``torch-fidelity``):
+seed, in the feature space of a frozen evaluator: a small classifier (``evaluator``: a CNN, or an MLP on the
+flattened image) trained once on the real training images of the task seed (labelled data), a frozen
+randomly initialised one (unlabelled data; random-feature FID), or InceptionV3 from ``inception_path``
+(needs ``torch-fidelity``):
 
 * ``fid`` -- ``torchmetrics.image.FrechetInceptionDistance`` against the held-out real images;
 * ``kid`` -- ``torchmetrics.image.KernelInceptionDistance`` (mean over subsets, seeded);
@@ -36,12 +39,10 @@ random-feature FID), or InceptionV3 from ``inception_path`` (needs ``torch-fidel
 Step outputs: ``loss`` and ``features`` (the UNet's mid-block output average-pooled to 2x2 and
 flattened, or the MLP's last hidden layer).
 
-``digits-diffusion`` stays its own task (same probes and metric names, its own MLP denoiser and
-cosine DDPM) rather than a preset of this one: on 2 CPU cores one generation of its ``cpu`` preset
-(1000 steps, 1000 samples) took 28.7 s, the same generation with this task's small UNet 338.7 s
-(about 12x; a UNet training step is 87-178 ms against the MLP's 5.6 ms at batch 128), which does
-not fit the CPU bench budget of 5 generations x 4 methods x 2 seeds. ``model: mlp`` gives the
-MLP denoiser here (56.7 s per generation).
+``digits-diffusion`` is this task with the MLP denoiser, the MLP evaluator and a full-length DDPM on the
+built-in digits (:mod:`~collapsekit.plugins.tasks.digits_diffusion`): a small UNet made one generation of
+its ``cpu`` preset about 12x slower on 2 CPU cores (338.7 s against 28.7 s; a UNet training step is
+87-178 ms against the MLP's 5.6 ms at batch 128).
 """
 from __future__ import annotations
 
@@ -61,17 +62,17 @@ from collapsekit.capabilities import FrozenFeatures, LatentEncoder, Sampler, Ste
 from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.tasks.digits import load_digit_images
-from collapsekit.plugins.tasks.digits_diffusion import Denoiser, ole_objective
 from collapsekit.plugins.tasks.experts import ExpertData, RealDataCorrector, RealDataVerifier, spare_indices
 from collapsekit.pool import REAL, Pool
 from collapsekit.seeds import derive_seed
-from collapsekit.task import Task
+from collapsekit.task import PoolBatches, Task, collate_batch, legacy_state_dict, save_pretrained
 
 MODELS = ("unet", "mlp")
 SAMPLERS = ("ddpm", "ddim")
 SCHEDULERS = ("DDPMScheduler",)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 MODES = {"L": 1, "RGB": 3}
+EVALUATORS = ("cnn", "mlp")
 
 SMALL_UNET: dict[str, Any] = {
     "block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 8,
@@ -218,16 +219,43 @@ def split_indices(n: int, train_size: int | None, heldout_size: int | float, see
 
 
 # -- evaluator -------------------------------------------------------------------------------------
-class Evaluator(nn.Module):
-    """Small CNN classifier: two 3x3 conv layers (32, 64 channels), 2x2 average pooling, a hidden
-    layer whose output are the features, and a linear head (``num_classes`` >= 1)."""
+def ole_objective(features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                  normalize: bool = True) -> float:
+    """Orthogonal Low-rank Embedding objective (Lezama et al. 2018), per item.
 
-    def __init__(self, channels: int, num_classes: int, hidden: int = 64) -> None:
+    ``(sum_c ||Z_c||_* - ||Z||_*) / N`` where ``Z`` [N, D] holds the features (rows
+    L2-normalised when ``normalize``), ``Z_c`` the rows of class ``c`` and ``||.||_*``
+    the nuclear norm. It is >= 0 (triangle inequality) and 0 exactly when the class
+    subspaces are mutually orthogonal; collapse of class structure raises it.
+    """
+    z = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels)).long()
+    if z.ndim != 2 or y.shape != (z.shape[0],) or len(z) == 0:
+        raise ValueError(f"ole_objective needs features [N, D] (N >= 1) and labels [N], got "
+                         f"{tuple(z.shape)} and {tuple(y.shape)}")
+    if normalize:
+        z = F.normalize(z, dim=1)
+    per_class = sum(torch.linalg.matrix_norm(z[y == c], ord="nuc") for c in torch.unique(y))
+    return float((per_class - torch.linalg.matrix_norm(z, ord="nuc")) / len(z))
+
+
+class Evaluator(nn.Module):
+    """Small classifier whose last hidden layer gives the features, and a linear head (``num_classes`` >= 1).
+    ``cnn``: two 3x3 conv layers (32, 64 channels), 2x2 average pooling and a hidden layer; ``mlp``: two hidden
+    layers on the flattened ``channels x size x size`` image (far cheaper to train on a CPU)."""
+
+    def __init__(self, channels: int, num_classes: int, hidden: int = 64, kind: str = "cnn", size: int = 8) -> None:
         super().__init__()
+        if kind not in EVALUATORS:
+            raise ValueError(f"image-diffusion: unknown evaluator {kind!r}; choose from {', '.join(EVALUATORS)}")
         self.num_features = hidden
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(256, hidden), nn.ReLU())
+        if kind == "mlp":
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.ReLU(),
+                                      nn.Linear(hidden, hidden), nn.ReLU())
+        else:
+            self.body = nn.Sequential(
+                nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1, stride=2),
+                nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(256, hidden), nn.ReLU())
         self.head = nn.Linear(hidden, max(num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,15 +265,15 @@ class Evaluator(nn.Module):
 
 
 def train_evaluator(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int, hidden: int,
-                    steps: int, batch_size: int = 512) -> Evaluator:
-    """The frozen evaluator of a split: AdamW (lr 3e-3) for ``steps`` mini-batches of the real training
+                    steps: int, batch_size: int = 512, kind: str = "cnn") -> Evaluator:
+    """The frozen ``kind`` evaluator of a split: AdamW (lr 3e-3) for ``steps`` mini-batches of the real training
     images with Gaussian pixel noise (std 0.1); untrained (random features) when ``num_classes`` is 0.
     Deterministic for fixed arguments."""
     x, y = torch.as_tensor(images), torch.as_tensor(labels)
     generator = torch.Generator().manual_seed(derive_seed(seed, 0, "image-diffusion/evaluator"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, 0, "image-diffusion/evaluator-init"))
-        model = Evaluator(x.shape[1], num_classes, hidden)
+        model = Evaluator(x.shape[1], num_classes, hidden, kind, x.shape[-1])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     for _ in range(steps if num_classes else 0):
         batch = torch.randperm(len(x), generator=generator)[:batch_size]
@@ -337,6 +365,8 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures,
         label_dropout: probability of training on the null label (labelled data).
         encode_t: timestep at which :meth:`encode` reads the model's features.
         eval_samples: generated images per probe evaluation (class-balanced).
+        evaluator: the frozen classifier: ``cnn`` (default) or ``mlp`` (on the flattened image; far cheaper to
+            train on a CPU).
         evaluator_hidden, evaluator_steps: feature size and training steps of the frozen classifier.
         inception_path: local InceptionV3 FID weights (``pt_inception-2015-12-05-6726825d.pth``) to use
             as the evaluator instead of the classifier (needs torch-fidelity).
@@ -388,13 +418,15 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures,
                  heldout_size: int | float = 0.2, model: str = "unet", unet: Mapping[str, Any] | None = None,
                  mlp: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
                  sampler: str = "ddpm", num_inference_steps: int = 50, label_dropout: float = 0.1,
-                 encode_t: int = 10, eval_samples: int = 500, evaluator_hidden: int = 64,
+                 encode_t: int = 10, eval_samples: int = 500, evaluator: str = "cnn", evaluator_hidden: int = 64,
                  evaluator_steps: int = 200, inception_path: str | None = None, kid_subsets: int = 50,
                  kid_subset_size: int = 100, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.0,
                  eval_batch_size: int = 1000) -> None:
         super().__init__(batch_size=batch_size, lr=lr, weight_decay=weight_decay)
         if model not in MODELS:
             raise ValueError(f"image-diffusion: unknown model {model!r}; choose from {', '.join(MODELS)}")
+        if evaluator not in EVALUATORS:
+            raise ValueError(f"image-diffusion: unknown evaluator {evaluator!r}; choose from {', '.join(EVALUATORS)}")
         if sampler not in SAMPLERS:
             raise ValueError(f"image-diffusion: unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
         if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
@@ -427,6 +459,7 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures,
         self.sampler, self.num_inference_steps = sampler, int(num_inference_steps)
         self.label_dropout, self.encode_t = float(label_dropout), int(encode_t)
         self.eval_samples, self.evaluator_hidden, self.evaluator_steps = eval_samples, evaluator_hidden, evaluator_steps
+        self.evaluator_kind = evaluator
         self.inception_path = inception_path
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.eval_batch_size = eval_batch_size
@@ -473,17 +506,18 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures,
         return Pool.fresh({"image": self.train_x, "label": self.train_y}, REAL)
 
     def dataloader(self, pool: Pool, shuffle: bool, seed: int) -> torch.utils.data.DataLoader:
-        """Shuffled batches sliced straight from the pool's arrays (no per-item collation)."""
-        from collapsekit.plugins.tasks.digits_diffusion import _ArrayBatches
-
+        """Batches of ``pool`` (one indexed read per array and batch), in an order drawn from a generator seeded
+        with ``seed``. Unlike :meth:`Task.dataloader` the loader has no generator of its own, so each epoch's
+        iterator draws its base seed from the global RNG that the training noise draws from too: the numbers
+        measured with this task (README tables) were made that way."""
         if len(pool) == 0:
             raise CollapsekitError(f"task {self.name!r}: the training pool is empty; nothing to train on")
-        dataset = _ArrayBatches(Pool.fresh({"x": pool.arrays["image"], "y": pool.arrays["label"]}, 0))
+        dataset = PoolBatches(pool)
         generator = torch.Generator().manual_seed(seed)
         order = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
                  else torch.utils.data.SequentialSampler(dataset))
-        sampler = torch.utils.data.BatchSampler(order, batch_size=min(self.batch_size, len(pool)), drop_last=False)
-        return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
+        batches = torch.utils.data.BatchSampler(order, batch_size=min(self.batch_size, len(pool)), drop_last=False)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_batch)
 
     # -- model ------------------------------------------------------------------------------------
     def resolved_unet_config(self) -> dict[str, Any]:
@@ -526,6 +560,8 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures,
     def build_model(self) -> nn.Module:
         self._require_setup()
         if self.model_kind == "mlp":
+            from collapsekit.plugins.tasks.denoiser import Denoiser
+
             cfg = {"hidden": 256, "depth": 2, "time_dim": 64, **self.mlp_config}
             return Denoiser(cfg["hidden"], cfg["depth"], cfg["time_dim"], num_classes=self.null_label,
                             dim=self.channels * self.size * self.size)
@@ -534,19 +570,22 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures,
         return UNet2DModel(**self.model_config)
 
     def save_model(self, model: nn.Module, directory: Path) -> list[str]:
-        """UNet: ``model/`` by ``save_pretrained`` (config.json + safetensors); MLP: ``model.pt``."""
-        if self.model_kind == "mlp":
-            return super().save_model(model, directory)
-        target = Path(directory) / "model"
-        model.save_pretrained(target, safe_serialization=True)
-        return sorted(p.relative_to(directory).as_posix() for p in target.rglob("*") if p.is_file())
+        """``model/`` by ``save_pretrained`` (config.json + safetensors): ``UNet2DModel.from_pretrained`` or
+        (``model: mlp``) ``collapsekit.plugins.tasks.denoiser.Denoiser.from_pretrained`` opens it."""
+        return save_pretrained(directory, model)
 
     def load_model(self, directory: Path) -> nn.Module:
+        """The model of :meth:`save_model` (or of an earlier collapsekit's ``model.pt``: a state dict)."""
+        state = legacy_state_dict(directory)
+        if state is not None:
+            model = self.build_model()
+            model.load_state_dict(state)
+            return model
         if self.model_kind == "mlp":
-            return super().load_model(directory)
-        from diffusers import UNet2DModel
-
-        return UNet2DModel.from_pretrained(Path(directory) / "model")
+            from collapsekit.plugins.tasks.denoiser import Denoiser as cls
+        else:
+            from diffusers import UNet2DModel as cls
+        return cls.from_pretrained(Path(directory) / "model")
 
     def predict(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
                 features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -568,7 +607,7 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures,
 
     def step(self, model: nn.Module, batch: Mapping[str, torch.Tensor], requirements: frozenset[str]) -> dict:
         """Denoising loss at a uniform timestep; labels dropped to null with ``label_dropout`` (global RNG)."""
-        x0, y = batch["x"].float(), batch["y"].long()
+        x0, y = batch["image"].float(), batch["label"].long()
         t = torch.randint(0, self.timesteps, (len(x0),)).to(x0.device)
         noise = torch.randn(x0.shape).to(x0.device)
         drop = (torch.rand(len(y)) < self.label_dropout).to(y.device)
@@ -687,11 +726,11 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures,
                 raise _error(f"inception_path {self.inception_path!r} is not a file")
             return InceptionFeatures(self.inception_path).eval()
         key = (json.dumps(self.data, sort_keys=True), self.label_column, self.resolution, tuple(self.train_index),
-               seed, self.evaluator_hidden, self.evaluator_steps)
+               seed, self.evaluator_kind, self.evaluator_hidden, self.evaluator_steps)
         if key not in _EVALUATORS:
             _EVALUATORS.clear()
             _EVALUATORS[key] = train_evaluator(self.train_x, self.train_y, self.num_classes or 0, seed,
-                                               self.evaluator_hidden, self.evaluator_steps)
+                                               self.evaluator_hidden, self.evaluator_steps, kind=self.evaluator_kind)
         return _EVALUATORS[key]
 
     def _make_metrics(self):

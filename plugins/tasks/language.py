@@ -1,43 +1,388 @@
-"""Shared base for token tasks: a small GPT-2 trained from scratch on token sequences.
+"""The one ``transformers`` code path of every language task.
 
-Pools hold ``tokens`` [N, T] int64 whose first column is the BOS id. Subclasses
-provide the data (``build_data``) and may add metrics in ``extra_metrics``.
+:class:`LanguageTask` owns what a language task does with its model: build it from a
+``transformers`` config (``AutoModelForCausalLM.from_config``), train it (:meth:`~LanguageTask.forward`,
+:meth:`~LanguageTask.step`), read its next-token predictions (:meth:`~LanguageTask.token_logits`),
+sample it (:func:`collapsekit.plugins.sampling.sample_tokens`; ``model.generate`` for beams and
+penalties), score held-out text (:class:`~collapsekit.metrics.MeanNLL`, each process its
+:func:`~collapsekit.distributed.shard` under DDP), and save each generation as ``gen_<k>/model/``:
+``save_pretrained`` safetensors plus the task's tokenizer, so that
+``AutoModelForCausalLM.from_pretrained(run_dir / "gen_<k>" / "model")`` and
+``AutoTokenizer.from_pretrained`` of the same folder open it (and ``gen_<k>/samples.jsonl`` holds the
+decoded samples). Tasks differ in their data, probes and presets:
+
+* :class:`CausalLMTask`, the base of the built-in token tasks (``markov-text``, ``bible-lm``,
+  ``multiplication``, ``facts-unlearning``): a GPT-2 from scratch (``GPT2Config``) over a vocabulary
+  of ``vocab_size`` content ids plus BOS, rows built by the subclass (:meth:`CausalLMTask.build_data`),
+  and a tokenizer (:meth:`CausalLMTask.build_tokenizer`: one word per id by default, bible-lm's bytes);
+* ``hf-lm`` (:class:`~collapsekit.plugins.tasks.hf_lm.HFCausalLM`): any transformers model and corpus.
+
+Pools hold ``tokens`` [N, T] int64 whose first column is the BOS id. Run folders written before
+this layout (``gen_<k>/model.pt``, a GPT-2 state dict) still resume: :meth:`~LanguageTask.load_model`
+reads them.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import contextlib
+import copy
+import functools
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from collapsekit.capabilities import ForgetRetain, HiddenStates, Items, Sampler, StepFeatures, TokenSequences
 from collapsekit.distributed import shard
+from collapsekit.fileio import atomic_write_bytes
 from collapsekit.metrics import MeanNLL
-from collapsekit.pool import REAL, Pool
-from collapsekit.capabilities import HiddenStates, Items, Sampler, StepFeatures, TokenSequences
-from collapsekit.task import Task
-from collapsekit.plugins.probes import distinct_n, effective_rank, tail_coverage, unigram_entropy
+from collapsekit.plugins.probes import distinct_n, effective_rank, repetition, tail_coverage, unigram_entropy
 from collapsekit.plugins.sampling import sample_tokens
+from collapsekit.plugins.tasks.hf_data import load_hf, quiet_transformers, word_tokenizer
+from collapsekit.pool import REAL, Pool
+from collapsekit.task import Task, legacy_state_dict, save_pretrained
+
+SAMPLER_KEYS = ("temperature", "top_k", "top_p")
+GENERATE_KEYS = ("num_beams", "repetition_penalty", "no_repeat_ngram_size")
+IGNORE = -100
+"""Label of a position left out of the loss (the ``LabelledLogits`` convention)."""
 
 
-class CausalLMTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Items):
-    """Token-sequence task on a randomly initialised ``transformers`` GPT-2."""
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode without gradients; its training mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Items):
+    """A causal language model task on the ``transformers`` path (see the module docstring).
+
+    A subclass sets, before :meth:`build_model`: ``model_config`` (a ``PretrainedConfig``),
+    ``tokenizer``, ``bos_id``, ``pad_id``, ``vocab_size`` (content ids), ``suppress`` (ids the sampler
+    never draws), ``n_layer``, ``eval_batch_size`` and ``width`` (pool row width, BOS included); and in
+    ``setup``: ``train_tokens`` and ``heldout_tokens`` (rows starting with BOS).
+    """
 
     pool_keys: ClassVar[tuple[str, ...]] = ("tokens",)
     #: the pool array that holds an item (what latent-space plugins encode)
     input_key: ClassVar[str] = "tokens"
-    #: raw diversity (distinct-n, unigram entropy) is reported, not ranked: the real text sets its right
-    #: level, and a collapsing model can be above it (spread-out mass) as well as below (repetition)
+    #: raw diversity (distinct-n, unigram entropy) and within-sample repetition are reported, not ranked:
+    #: the real text sets their right level, and a collapsing model can be above it (spread-out mass,
+    #: accumulated noise) as well as below (repetition, loops)
     higher_is_better: ClassVar[dict[str, bool | None]] = {
-        "heldout_nll": False,
-        "heldout_ppl": False,
-        "distinct_1": None,
-        "distinct_2": None,
-        "unigram_entropy": None,
-        "tail_coverage_1": True,
-        "tail_coverage_2": True,
-        "effective_rank": True,
+        "heldout_nll": False, "heldout_ppl": False, "effective_rank": True,
+        "distinct_1": None, "distinct_2": None, "distinct_3": None, "unigram_entropy": None,
+        "tail_coverage_1": True, "tail_coverage_2": True, "repetition": None,
     }
+    #: held-out rows whose mean-pooled last hidden state gives ``effective_rank``
+    rank_samples: ClassVar[int] = 256
+    #: label ignored by the loss and the held-out NLL (``hf-lm``: its pad id)
+    ignore_index: int = IGNORE
+    # model settings (``hf-lm`` sets them from torch_dtype, gradient_checkpointing, lora)
+    dtype: torch.dtype = torch.float32
+    gradient_checkpointing: bool = False
+    lora: Any = None
+    # synthesis: ``empty`` samples whole rows after BOS; ``generation`` overrides the ancestral plugin's settings
+    prompt: str = "empty"
+    prompt_tokens: int = 0
+    generation: Mapping[str, Any] = {}
+    train_tokens: np.ndarray | None = None
+    heldout_tokens: np.ndarray | None = None
+
+    # -- data -------------------------------------------------------------------------
+    def with_bos(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` [N, T] int64 with a BOS column in front: [N, T + 1]."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return np.concatenate([np.full((len(rows), 1), self.bos_id, dtype=np.int64), rows], axis=1)
+
+    def real_pool(self) -> Pool:
+        """The training rows (with ``example_id`` = row index when the task's pools carry it)."""
+        arrays = {"tokens": self.train_tokens}
+        if "example_id" in self.pool_keys:
+            arrays["example_id"] = np.arange(len(self.train_tokens), dtype=np.int64)
+        return Pool.fresh(arrays, REAL)
+
+    def decode(self, items: np.ndarray) -> list[str]:
+        """Text of token rows (BOS column dropped, special tokens skipped)."""
+        rows = np.asarray(items)[:, 1:]
+        return self.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=True)
+
+    # -- model ------------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        """A fresh init of ``model_config`` (the engine seeds the global RNG first)."""
+        from transformers import AutoModelForCausalLM
+
+        quiet_transformers()
+        return self.prepare(AutoModelForCausalLM.from_config(self.model_config))
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Cast to ``dtype``, enable gradient checkpointing and wrap with fresh LoRA adapters as configured;
+        in train mode (``from_pretrained`` returns eval mode, which would switch dropout off in training)."""
+        model = model.to(self.dtype).train()
+        if self.gradient_checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):            # transformers >= 5
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, copy.deepcopy(self.lora))
+        return model
+
+    def save_model(self, model: torch.nn.Module, directory: Path) -> list[str]:
+        """``model/`` = ``save_pretrained`` (safetensors; LoRA merged into the weights) plus the tokenizer."""
+        quiet_transformers()
+        return save_pretrained(directory, self.plain(model), self.tokenizer)
+
+    def plain(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` as a plain transformers model (a merged copy when LoRA adapters are trained)."""
+        return copy.deepcopy(model).merge_and_unload() if self.lora is not None else model
+
+    def load_model(self, directory: Path) -> torch.nn.Module:
+        """The model saved by :meth:`save_model` (merged weights; fresh LoRA adapters when ``lora`` is set);
+        a folder of an earlier collapsekit holding ``model.pt`` (a state dict) is read into :meth:`build_model`."""
+        from transformers import AutoModelForCausalLM
+
+        state = legacy_state_dict(directory)
+        if state is not None:
+            model = self.build_model()
+            model.load_state_dict(state)
+            return model
+        path = Path(directory) / "model"
+        return self.prepare(load_hf(AutoModelForCausalLM.from_pretrained, str(path), "model", dtype=self.dtype))
+
+    def write_samples(self, samples: Pool, directory: Path) -> list[str]:
+        """``samples.jsonl``: one ``{"text", "origin_generation", "origin_index"}`` line per sample."""
+        texts = self.decode(np.asarray(samples.arrays["tokens"])) if len(samples) else []
+        lines = [json.dumps({"text": t, "origin_generation": int(g), "origin_index": int(i)}, ensure_ascii=False)
+                 for t, g, i in zip(texts, samples.origin_generation, samples.origin_index)]
+        atomic_write_bytes(Path(directory) / "samples.jsonl", "".join(line + "\n" for line in lines).encode("utf8"))
+        return ["samples.jsonl"]
+
+    def configure_optimizers(self, model: torch.nn.Module) -> Any:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    # -- training ---------------------------------------------------------------------
+    def forward(self, model: torch.nn.Module, tokens: torch.Tensor, hidden_states: bool = False) -> Any:
+        """Model output on ``tokens[:, :-1]`` (on the model's device); ``.logits[:, t]`` predicts ``tokens[:, t+1]``.
+
+        ``use_cache`` stays the model's default: with ``use_cache=False`` and no cache, transformers (5.19) checks
+        the position ids for packed sequences with a host sync in every forward pass."""
+        tokens = tokens.to(model_device(model))
+        return model(input_ids=tokens[:, :-1], output_hidden_states=hidden_states)
+
+    def labels(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Next-token targets ``tokens[:, 1:]`` of :meth:`forward`'s logits (a subclass may set left-out
+        positions to ``ignore_index``)."""
+        return tokens[:, 1:]
+
+    def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
+        """One vector per row of a last hidden state [N, T, D]: the mean over positions."""
+        return hidden.mean(dim=1)
+
+    def step(self, model, batch, requirements):
+        """Next-token cross-entropy over :meth:`labels` (``ignore_index`` left out); ``logits``/``labels`` and,
+        when asked, ``hidden_states`` and ``features`` (:meth:`pooled` last hidden state)."""
+        tokens = batch["tokens"]
+        want_hidden = bool({"hidden_states", "features"} & set(requirements))
+        out = self.forward(model, tokens, hidden_states=want_hidden)
+        labels = self.labels(tokens).to(out.logits.device)
+        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=self.ignore_index)
+        result: dict[str, Any] = {"loss": loss, "logits": out.logits, "labels": labels}
+        if want_hidden:
+            result["hidden_states"] = out.hidden_states
+            result["features"] = self.pooled(out.hidden_states[-1])
+        return result
+
+    def token_logits(self, model: torch.nn.Module, tokens: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits [N, T-1, V'] (no grad); ``[:, t]`` predicts ``tokens[:, t+1]``."""
+        if not isinstance(tokens, torch.Tensor):
+            tokens = torch.from_numpy(np.array(tokens, dtype=np.int64))    # a copy: pools are read-only memmaps
+        with evaluating(model):
+            return torch.cat([self.forward(model, tokens[i:i + self.eval_batch_size]).logits
+                              for i in range(0, len(tokens), self.eval_batch_size)])
+
+    # -- synthesis --------------------------------------------------------------------
+    def sample(self, model, n, generator, **options):
+        """``n`` rows of the pool width: BOS (+ a real prefix with ``prompt: train_prefix``) and sampled tokens.
+
+        ``options`` (the ancestral plugin's ``temperature``/``top_k``/``top_p``) apply unless
+        ``generation`` sets them. Draws only from ``generator``.
+        """
+        settings = {**{k: v for k, v in options.items() if k in SAMPLER_KEYS}, **self.generation}
+        prompts = torch.as_tensor(self.prompt_rows(n, generator))
+        new = self.width - prompts.shape[1]
+        tokens = self.continuation(model, prompts, new, generator, settings)
+        out = {"tokens": tokens.numpy().astype(np.int64)}
+        if "example_id" in self.pool_keys:
+            out["example_id"] = np.full(n, -1, dtype=np.int64)
+        return out
+
+    def continuation(self, model, prompts: torch.Tensor, new: int, generator: torch.Generator,
+                     settings: Mapping[str, Any]) -> torch.Tensor:
+        """``prompts`` [n, P] continued by ``new`` sampled tokens: collapsekit's KV-cache sampler for plain
+        sampling, :meth:`generate` for beams or penalties."""
+        plain = settings.get("num_beams", 1) == 1 and settings.get("repetition_penalty", 1.0) == 1.0 \
+            and not settings.get("no_repeat_ngram_size")
+        if not plain:
+            return self.generate(model, prompts, new, generator, settings)
+        return sample_tokens(model, prompts, new, generator, temperature=settings.get("temperature", 1.0),
+                             top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
+                             batch_size=self.eval_batch_size, suppress=self.suppress)
+
+    def prompt_rows(self, n: int, generator: torch.Generator) -> np.ndarray:
+        """[n, 1 + prompt_tokens]: BOS, or BOS + the first ``prompt_tokens`` of real rows (picked by a permutation
+        from ``generator``, cycled when ``n`` exceeds the real rows)."""
+        if self.prompt == "empty":
+            return np.full((n, 1), self.bos_id, dtype=np.int64)
+        real = self.train_tokens
+        order = torch.randperm(len(real), generator=generator).numpy()
+        return np.asarray(real[np.resize(order, n), : 1 + self.prompt_tokens], dtype=np.int64)
+
+    def generate(self, model, prompts: torch.Tensor, new: int, generator: torch.Generator,
+                 settings: Mapping[str, Any]) -> torch.Tensor:
+        """``model.generate`` for beams / penalties: exactly ``new`` tokens, ``suppress`` ids never drawn, global
+        RNG seeded from ``generator`` inside ``fork_rng`` (the caller's RNG state is untouched)."""
+        from transformers import GenerationConfig
+
+        temperature = settings.get("temperature", 1.0)
+        config = GenerationConfig(
+            max_new_tokens=new, min_new_tokens=new, do_sample=temperature > 0,
+            num_beams=settings.get("num_beams", 1), repetition_penalty=settings.get("repetition_penalty", 1.0),
+            no_repeat_ngram_size=settings.get("no_repeat_ngram_size", 0),
+            **({"temperature": temperature, "top_k": settings.get("top_k", 0), "top_p": settings.get("top_p", 1.0)}
+               if temperature > 0 else {}),
+            suppress_tokens=self.suppress, pad_token_id=self.pad_id, bos_token_id=self.bos_id,
+            eos_token_id=None)
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+        device = model_device(model)
+        parts = []
+        with evaluating(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for i in range(0, len(prompts), self.eval_batch_size):
+                chunk = prompts[i:i + self.eval_batch_size].to(device)
+                out = model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk),
+                                     generation_config=config)
+                parts.append(out[:, : chunk.shape[1] + new].cpu())
+        return torch.cat(parts)
+
+    # -- probes -------------------------------------------------------------------------
+    def heldout_nll(self, model: torch.nn.Module) -> float:
+        """Mean NLL (nats) per :meth:`labels` token of the held-out rows (``ignore_index`` left out; under DDP
+        each process takes its :func:`~collapsekit.distributed.shard` of the rows and the mean is reduced)."""
+        metric = MeanNLL().to(model_device(model))
+        rows = shard(len(self.heldout_tokens))
+        with evaluating(model):
+            for i in range(rows.start, rows.stop, self.eval_batch_size):
+                chunk = torch.as_tensor(self.heldout_tokens[i:min(i + self.eval_batch_size, rows.stop)])
+                logits = self.forward(model, chunk).logits.float()
+                labels = self.labels(chunk).to(logits.device)
+                nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=self.ignore_index,
+                                      reduction="sum")
+                metric.update(nll, (labels != self.ignore_index).sum())
+        return float(metric.compute())
+
+    def heldout_rank(self, model: torch.nn.Module, limit: int | None = None) -> float:
+        """Effective rank of the :meth:`pooled` last hidden state of up to ``limit`` (``rank_samples``) held-out rows."""
+        tokens = torch.as_tensor(self.heldout_tokens[:limit or self.rank_samples])
+        with evaluating(model):
+            features = torch.cat([self.pooled(self.forward(model, tokens[i:i + self.eval_batch_size], True)
+                                              .hidden_states[-1].float()).cpu()
+                                  for i in range(0, len(tokens), self.eval_batch_size)])
+        return effective_rank(features)
+
+    def masked_stats(self, model: torch.nn.Module, tokens: np.ndarray | torch.Tensor, mask: torch.Tensor
+                     ) -> tuple[float, float]:
+        """Mean NLL (nats) and teacher-forced argmax accuracy of the labels of ``tokens`` where ``mask``
+        [N, T-1] is true."""
+        tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+        logp = torch.log_softmax(self.token_logits(model, tokens).float().cpu(), -1)
+        labels = tokens[:, 1:]
+        nll = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        acc = (logp.argmax(-1) == labels).float()
+        return float(nll[mask].mean()), float(acc[mask].mean())
+
+    def generated(self, samples: Pool) -> np.ndarray:
+        """The sampled tokens of a pool's rows (BOS and prompt dropped)."""
+        return np.asarray(samples.arrays["tokens"])[:, 1 + self.prompt_tokens:]
+
+    def evaluate(self, model, samples):
+        """Held-out ``heldout_nll`` / ``heldout_ppl`` / ``effective_rank`` (and ``heldout_bpb`` where the task has
+        :meth:`bits_per_byte`); of the samples' generated tokens: ``distinct_1/2/3``, ``unigram_entropy``,
+        ``tail_coverage_1/2`` (rare held-out n-grams still produced) and ``repetition`` (1 - distinct 4-grams /
+        4-grams within each sample, averaged); then :meth:`extra_metrics`."""
+        nll = self.heldout_nll(model)
+        metrics = {"heldout_nll": nll, "heldout_ppl": float(np.exp(min(nll, 700.0))),
+                   "effective_rank": self.heldout_rank(model)}
+        bpb = self.bits_per_byte(nll)
+        if bpb is not None:
+            metrics["heldout_bpb"] = bpb
+        if samples is not None and len(samples):
+            gen = self.generated(samples)
+            ref = self.heldout_tokens[:, 1:]
+            metrics.update({f"distinct_{n}": distinct_n(gen, n, ignore=self.pad_id) for n in (1, 2, 3)})
+            metrics["unigram_entropy"] = unigram_entropy(gen, ignore=self.pad_id)
+            metrics.update({f"tail_coverage_{n}": tail_coverage(ref, gen, n=n) for n in (1, 2)})
+            metrics["repetition"] = repetition(gen, 4, ignore=self.pad_id)
+        metrics.update(self.extra_metrics(model, samples))
+        return metrics
+
+    def bits_per_byte(self, nll: float) -> float | None:
+        """Held-out ``heldout_bpb`` of the mean token NLL ``nll``; ``None`` (not reported) where tokens are not text."""
+        return None
+
+    def extra_metrics(self, model: torch.nn.Module, samples: Pool | None) -> dict[str, float]:
+        """Task-specific metrics added to :meth:`evaluate`."""
+        return {}
+
+
+class ForgetRetainRows(ForgetRetain):
+    """Forget / retain splits as index arrays ``forget_ids`` / ``retain_ids`` into the real pool (set in ``setup``)."""
+
+    forget_ids: np.ndarray | None = None
+    retain_ids: np.ndarray | None = None
+
+    def _split(self, ids: np.ndarray | None) -> Pool:
+        if ids is None:
+            raise RuntimeError("call setup(seed) before asking for the forget or retain split")
+        return self.real_pool().select(ids)
+
+    def forget_pool(self) -> Pool:
+        """The rows to unlearn (real items; ``example_id`` = index in the real pool)."""
+        return self._split(self.forget_ids)
+
+    def retain_pool(self) -> Pool:
+        """The rows to keep (real items; ``example_id`` = index in the real pool)."""
+        return self._split(self.retain_ids)
+
+
+class CausalLMTask(LanguageTask):
+    """Token-sequence task on a GPT-2 trained from scratch (``GPT2Config``, no dropout).
+
+    Content ids are ``0 .. vocab_size - 1`` and BOS is ``vocab_size``; rows are ``seq_len`` content
+    tokens after BOS. Subclasses provide the data (:meth:`build_data`), may name the ids
+    (:meth:`token_names`) or give their own tokenizer (:meth:`build_tokenizer`), and add probes in
+    :meth:`extra_metrics`.
+    """
+
+    #: held-out rows of ``effective_rank``
+    rank_samples: ClassVar[int] = 512
 
     def __init__(
         self,
@@ -55,12 +400,41 @@ class CausalLMTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
         if seq_len < 2:
             raise ValueError(f"seq_len must be >= 2, got {seq_len}")
         self.vocab_size = vocab_size          # content tokens 0..V-1
-        self.bos_id = vocab_size              # one extra id
+        self.bos_id = self.pad_id = vocab_size    # one extra id
+        self.suppress = [self.bos_id]
         self.seq_len = seq_len                # content tokens per sequence (BOS excluded)
         self.n_layer, self.n_embd, self.n_head = n_layer, n_embd, n_head
         self.eval_batch_size = eval_batch_size
-        self.train_tokens: np.ndarray | None = None
-        self.heldout_tokens: np.ndarray | None = None
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        """The task's tokenizer (:meth:`build_tokenizer`), built when first used."""
+        return self.build_tokenizer()
+
+    @property
+    def width(self) -> int:
+        """Pool row width: BOS + ``seq_len`` content tokens."""
+        return self.seq_len + 1
+
+    @property
+    def model_config(self) -> Any:
+        """The ``GPT2Config`` of the current sizes (``seq_len + 1`` positions; dropout off)."""
+        from transformers import GPT2Config
+
+        quiet_transformers()
+        return GPT2Config(
+            vocab_size=self.vocab_size + 1, n_positions=self.seq_len + 1, n_embd=self.n_embd,
+            n_layer=self.n_layer, n_head=self.n_head, bos_token_id=self.bos_id, eos_token_id=self.bos_id,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+    def token_names(self) -> list[str]:
+        """The text of each content id (default: the id's digits)."""
+        return [str(i) for i in range(self.vocab_size)]
+
+    def build_tokenizer(self) -> Any:
+        """The tokenizer saved with each generation's model: one word per content id
+        (:meth:`token_names`, whitespace-separated) and ``<bos>`` = ``vocab_size``."""
+        return word_tokenizer(self.token_names())
 
     # -- data ---------------------------------------------------------------
     def build_data(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,111 +446,3 @@ class CausalLMTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
         train, heldout = self.build_data(seed)
         self.train_tokens = self.with_bos(train)
         self.heldout_tokens = self.with_bos(heldout)
-
-    def with_bos(self, content: np.ndarray) -> np.ndarray:
-        content = np.asarray(content, dtype=np.int64)
-        bos = np.full((len(content), 1), self.bos_id, dtype=np.int64)
-        return np.concatenate([bos, content], axis=1)
-
-    def real_pool(self) -> Pool:
-        return Pool.fresh({"tokens": self.train_tokens}, REAL)
-
-    # -- model --------------------------------------------------------------
-    def build_model(self) -> torch.nn.Module:
-        from transformers import GPT2Config, GPT2LMHeadModel
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        config = GPT2Config(
-            vocab_size=self.vocab_size + 1,
-            n_positions=self.seq_len + 1,
-            n_embd=self.n_embd,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            bos_token_id=self.bos_id,
-            eos_token_id=self.bos_id,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-        return GPT2LMHeadModel(config)
-
-    def forward(self, model: torch.nn.Module, tokens: torch.Tensor, hidden_states: bool = False):
-        """Model output on ``tokens[:, :-1]``; ``.logits[:, t]`` predicts ``tokens[:, t+1]``."""
-        return model(input_ids=tokens[:, :-1], output_hidden_states=hidden_states)
-
-    def step(self, model, batch, requirements):
-        tokens = batch["tokens"]
-        want_hidden = bool({"hidden_states", "features"} & set(requirements))
-        out = self.forward(model, tokens, hidden_states=want_hidden)
-        labels = tokens[:, 1:]
-        loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1))
-        result: dict[str, Any] = {"loss": loss, "logits": out.logits, "labels": labels}
-        if want_hidden:
-            result["hidden_states"] = out.hidden_states
-            result["features"] = out.hidden_states[-1].mean(dim=1)
-        return result
-
-    @torch.no_grad()
-    def token_logits(self, model: torch.nn.Module, tokens: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Logits [N, T, V+1] where ``[:, t]`` is the prediction for ``tokens[:, t+1]``."""
-        model.eval()
-        if not isinstance(tokens, torch.Tensor):
-            tokens = torch.from_numpy(np.array(tokens, dtype=np.int64))   # a copy: pools are read-only memmaps
-        parts = [self.forward(model, tokens[i:i + self.eval_batch_size]).logits
-                 for i in range(0, len(tokens), self.eval_batch_size)]
-        return torch.cat(parts)
-
-    # -- synthesis ------------------------------------------------------------
-    def sample(self, model, n, generator, temperature=1.0, top_k=0, top_p=1.0, **_):
-        prompts = torch.full((n, 1), self.bos_id, dtype=torch.long)
-        tokens = sample_tokens(model, prompts, self.seq_len, generator, temperature=temperature,
-                               top_k=top_k, top_p=top_p, batch_size=self.eval_batch_size,
-                               suppress=[self.bos_id])
-        return {"tokens": tokens.numpy().astype(np.int64)}
-
-    # -- probes ---------------------------------------------------------------
-    @torch.no_grad()
-    def heldout_nll(self, model: torch.nn.Module) -> float:
-        """Mean per-token negative log-likelihood (nats) of the held-out real text (under DDP each
-        process takes its :func:`~collapsekit.distributed.shard` of the sequences; the mean is reduced)."""
-        model.eval()
-        device = next(model.parameters()).device
-        rows = shard(len(self.heldout_tokens))
-        tokens = torch.as_tensor(self.heldout_tokens[rows.start:rows.stop])
-        metric = MeanNLL().to(device)
-        for i in range(0, len(tokens), self.eval_batch_size):
-            chunk = tokens[i:i + self.eval_batch_size].to(device)
-            logits = self.forward(model, chunk).logits
-            labels = chunk[:, 1:]
-            metric.update(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"),
-                          labels.numel())
-        return float(metric.compute())
-
-    @torch.no_grad()
-    def heldout_features(self, model: torch.nn.Module, limit: int = 512) -> torch.Tensor:
-        """Mean-pooled last hidden state of up to ``limit`` held-out sequences."""
-        model.eval()
-        tokens = torch.as_tensor(self.heldout_tokens[:limit])
-        return self.forward(model, tokens, hidden_states=True).hidden_states[-1].mean(1)
-
-    def evaluate(self, model, samples):
-        nll = self.heldout_nll(model)
-        metrics = {"heldout_nll": nll, "heldout_ppl": float(np.exp(nll)),
-                   "effective_rank": effective_rank(self.heldout_features(model))}
-        if samples is not None and len(samples):
-            gen = np.asarray(samples.arrays["tokens"])[:, 1:]
-            ref = self.heldout_tokens[:, 1:]
-            metrics.update(
-                distinct_1=distinct_n(gen, 1),
-                distinct_2=distinct_n(gen, 2),
-                unigram_entropy=unigram_entropy(gen),
-                tail_coverage_1=tail_coverage(ref, gen, n=1),
-                tail_coverage_2=tail_coverage(ref, gen, n=2),
-            )
-        metrics.update(self.extra_metrics(model, samples))
-        return metrics
-
-    def extra_metrics(self, model: torch.nn.Module, samples: Pool | None) -> dict[str, float]:
-        """Task-specific metrics added to :meth:`evaluate`."""
-        return {}

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from collapsekit.capabilities import ItemWeights
-from collapsekit.plugins.tasks.exact_fit import ExactFitTask
+from collapsekit.plugins.tasks.exact_fit import ExactFitTask, check_int
 from collapsekit.pool import REAL, Pool
 from ._bench import CHEAP_SEEDS, MIX_CONTROLS, MIX_VARIANTS
 
@@ -94,15 +94,12 @@ class LinearRegression(ExactFitTask, ItemWeights):
 
     def __init__(self, dim: int = 8, train_size: int = 32, noise_std: float = 1.0, replicates: int = 1,
                  spectrum_decay: float = 0.0, lr: float = 0.1) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"linear-regression: dim must be an integer >= 1, got {dim!r}")
-        if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < dim + 2:
-            raise ValueError(f"linear-regression: train_size must be an integer >= dim + 2 = {dim + 2} "
-                             f"(the closed forms need T >= d + 2), got {train_size!r}")
+        check_int("linear-regression", "dim", dim)
+        check_int("linear-regression", "train_size", train_size, dim + 2, f"dim + 2 = {dim + 2}",
+                  " (the closed forms need T >= d + 2)")
         if not noise_std > 0:
             raise ValueError(f"linear-regression: noise_std must be > 0, got {noise_std!r}")
-        if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
-            raise ValueError(f"linear-regression: replicates must be an integer >= 1, got {replicates!r}")
+        check_int("linear-regression", "replicates", replicates)
         super().__init__(batch_size=train_size, lr=lr)
         self.dim, self.train_size, self.noise_std = dim, train_size, float(noise_std)
         self.replicates, self.spectrum_decay = replicates, float(spectrum_decay)

@@ -18,7 +18,6 @@ import torch
 
 from collapsekit.capabilities import Corrector, Verifier
 from collapsekit.distributed import all_sum, shard
-from collapsekit.pool import Pool
 from collapsekit.plugins.tasks.language import CausalLMTask
 from ._bench import CHEAP_SEEDS, DETECTOR_VARIANTS, SELECTION_CONTROLS, VERIFIER_VARIANTS
 

@@ -19,23 +19,20 @@ effective rank of every layer's representations at the answer positions.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from collapsekit.capabilities import Corrector, PauseTokens, Verifier
-from collapsekit.pool import Pool
 from collapsekit.plugins.probes import effective_rank
 from collapsekit.plugins.sampling import sample_tokens
-from collapsekit.plugins.tasks.language import CausalLMTask
+from collapsekit.plugins.tasks.language import IGNORE, CausalLMTask
 from ._bench import VERIFIER_VARIANTS
 
 DIGITS = 10
 TIMES, EQUALS, PAUSE = 10, 11, 12
 VOCAB = 13
-IGNORE = -100
 _MAX_LAYERS = 48
 
 
@@ -179,18 +176,13 @@ class Multiplication(CausalLMTask, PauseTokens, Verifier, Corrector):
         labels[:, :self.prompt_len - 1] = IGNORE
         return labels
 
-    def step(self, model, batch, requirements):
-        tokens = batch["tokens"]
-        want_hidden = bool({"hidden_states", "features"} & set(requirements))
-        out = self.forward(model, tokens, hidden_states=want_hidden)
-        labels = self.labels(tokens)
-        loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=IGNORE)
-        result: dict[str, Any] = {"loss": loss, "logits": out.logits, "labels": labels}
-        if want_hidden:
-            result["hidden_states"] = out.hidden_states
-            result["features"] = out.hidden_states[-1][:, self.prompt_len - 1:].mean(dim=1)
-        return result
+    def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Step ``features``: the last hidden state averaged over the positions that predict answer digits."""
+        return hidden[:, self.prompt_len - 1:].mean(dim=1)
+
+    def token_names(self) -> list[str]:
+        """Digits ``0``-``9``, ``*``, ``=`` and ``<pause>``."""
+        return [str(d) for d in range(DIGITS)] + ["*", "=", "<pause>"]
 
     # -- synthesis --------------------------------------------------------------------
     def fresh_questions(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -236,18 +228,9 @@ class Multiplication(CausalLMTask, PauseTokens, Verifier, Corrector):
         model.eval()
         tokens = torch.as_tensor(self.heldout_tokens)
         greedy = self.answer(model, tokens[:, :self.prompt_len]).numpy()
-        truth = self.answers(self.heldout_tokens)
-        hits = self.answers(greedy) == truth
-        nll, count = 0.0, 0
-        for i in range(0, len(tokens), self.eval_batch_size):
-            chunk = tokens[i:i + self.eval_batch_size]
-            logits = self.forward(model, chunk).logits
-            labels = self.labels(chunk)
-            nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                   ignore_index=IGNORE, reduction="sum").item()
-            count += int((labels != IGNORE).sum())
+        hits = self.answers(greedy) == self.answers(self.heldout_tokens)
         return {"exact_match": float(hits.all(axis=1).mean()), "digit_accuracy": float(hits.mean()),
-                "answer_nll": nll / count}
+                "answer_nll": self.heldout_nll(model)}
 
     @torch.no_grad()
     def layer_ranks(self, model: torch.nn.Module) -> dict[str, float]:

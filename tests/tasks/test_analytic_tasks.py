@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.tasks.gaussian import (Gaussian, GaussianModel, replace_mean_error,
@@ -25,7 +26,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def gen_state(root: Path, name: str, generation: int) -> dict[str, np.ndarray]:
-    state = torch.load(root / name / f"gen_{generation}" / "model.pt", weights_only=True)
+    state = load_file(root / name / f"gen_{generation}" / "model" / "model.safetensors")
     return {k: v.numpy() for k, v in state.items()}
 
 

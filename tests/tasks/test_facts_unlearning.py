@@ -33,9 +33,9 @@ def tiny(seed: int = 0) -> FactsUnlearning:
 def test_sequences_follow_the_template():
     task = tiny()
     text = task.decode(task.train_tokens[:1])[0].split()
-    assert text[0] == "<bos>" and text[3:5] == ["born", "in"] and text[6:9] == [",", "works", "as"]
-    assert text[10:12] == [",", "likes"] and text[13] == "." and len(text) == 14
-    assert text[1][0] == "F" and text[2][0] == "L" and text[5][0] == "C" and text[9][0] == "J" and text[12][0] == "H"
+    assert text[2:4] == ["born", "in"] and text[5:8] == [",", "works", "as"]     # the BOS column is not text
+    assert text[9:11] == [",", "likes"] and text[12] == "." and len(text) == 13
+    assert text[0][0] == "F" and text[1][0] == "L" and text[4][0] == "C" and text[8][0] == "J" and text[11][0] == "H"
     assert task.valid_share(task.train_tokens[:, 1:]) == 1.0 and task.valid_share(task.heldout_tokens[:, 1:]) == 1.0
 
 
@@ -82,7 +82,7 @@ class Oracle(torch.nn.Module):
         rows = np.concatenate([task.train_tokens, task.heldout_tokens])
         self.table = {tuple(r[:t + 1]): int(r[t + 1]) for r in rows for t in range(len(r) - 1)}
 
-    def forward(self, input_ids, output_hidden_states=False):
+    def forward(self, input_ids, output_hidden_states=False, **_):
         n, t = input_ids.shape
         logits = torch.zeros(n, t, self.task.vocab_size + 1)
         for i in range(n):
@@ -96,7 +96,7 @@ class Uniform(torch.nn.Module):
         super().__init__()
         self.size = size
 
-    def forward(self, input_ids, output_hidden_states=False):
+    def forward(self, input_ids, output_hidden_states=False, **_):
         return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.size))
 
 

@@ -201,6 +201,13 @@ def test_answer_mask_and_pools_follow_the_forget_contract(assets):
     answers = [task.tokenizer.decode(row[m].tolist()) for row, m in zip(labels, mask)]
     assert answers == ["Ada lives in Paris.", "Bo lives in Rome."]
     assert "forget_data" not in HFCausalLM(**task_args(assets)).provides
+    # the QA rows are padded to one width; the loss is the mean cross-entropy of the non-pad labels only
+    assert (labels == task.pad_id).any()
+    torch.manual_seed(0)
+    model = task.build_model()
+    out = task.step(model, batch, frozenset())
+    logp = torch.log_softmax(out["logits"].double(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    assert float(out["loss"]) == pytest.approx(float(-logp[labels != task.pad_id].mean()), rel=1e-5)
 
 
 SCRATCH = {

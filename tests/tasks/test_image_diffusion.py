@@ -16,7 +16,7 @@ from collapsekit.dispatch import build_manager
 from collapsekit.errors import CollapsekitError
 from collapsekit.loop import execute, trainer_factory
 from collapsekit.plugins.tasks.digits import load_digit_images
-from collapsekit.plugins.tasks.image_diffusion import ImageDiffusion, image_grid, split_indices
+from collapsekit.plugins.tasks.image_diffusion import ImageDiffusion, image_grid, ole_objective, split_indices
 from collapsekit.pool import REAL
 from collapsekit.run import Run, RunConfig
 
@@ -159,6 +159,29 @@ def test_encode_is_deterministic_and_label_free(task):
 
 
 # -- metrics ----------------------------------------------------------------------------------------------
+def ref_ole(z, y):
+    z = np.asarray(z, dtype=np.float64)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    per_class = sum(np.linalg.norm(z[np.asarray(y) == c], "nuc") for c in sorted(set(y.tolist())))
+    return (per_class - np.linalg.norm(z, "nuc")) / len(z)
+
+
+def test_ole_matches_reference_and_is_zero_for_orthogonal_classes():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, size=30)
+    z = rng.normal(size=(30, 6)) + 2.0 * rng.normal(size=(3, 6))[y]
+    assert ole_objective(z, y) == pytest.approx(ref_ole(z, y), rel=1e-10)
+    assert ole_objective(z, y) > 0
+    # each class spans its own coordinate block: orthogonal subspaces -> 0
+    ortho = np.zeros((30, 6))
+    for i, c in enumerate(y):
+        ortho[i, 2 * c:2 * c + 2] = rng.normal(size=2)
+    assert ole_objective(ortho, y) == pytest.approx(0.0, abs=1e-10)
+    # every class on one line: the objective grows to (sum_c ||Z_c||_* - ||Z||_*) / N > 0
+    line = np.ones((30, 6)) * rng.uniform(0.5, 1.5, size=(30, 1))
+    assert ole_objective(line, y) == pytest.approx(ref_ole(line, y), rel=1e-10)
+
+
 def test_fid_and_kid_of_real_images_are_near_zero_and_of_noise_large(task):
     fid_self, kid_self = task.fid_kid(task.heldout_x)
     noise = np.random.default_rng(0).uniform(-1, 1, task.heldout_x.shape).astype(np.float32)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from collapsekit.plugins.tasks.gaussian import Gaussian, replace_mean_error, replace_variance_retained
 from collapsekit.plugins.tasks.linear_regression import LinearRegression
@@ -26,7 +27,7 @@ POLICIES = [("replace", []), ("accumulate", ["accumulate"]), ("accumulate-subsam
 
 
 def weights(root: Path, name: str, g: int) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in torch.load(root / name / f"gen_{g}" / "model.pt", weights_only=True).items()}
+    return {k: v.numpy() for k, v in load_file(root / name / f"gen_{g}" / "model" / "model.safetensors").items()}
 
 
 def fmt(values: np.ndarray) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from safetensors.torch import load_file
 
 from collapsekit.plugins.tasks.gaussian import Gaussian
 from collapsekit.plugins.tasks.linear_regression import LinearRegression
@@ -25,7 +25,7 @@ UNIT = SIGMA ** 2 * D / (T - D - 1)          # written out here, independently o
 
 
 def state(root: Path, name: str, g: int) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in torch.load(root / name / f"gen_{g}" / "model.pt", weights_only=True).items()}
+    return {k: v.numpy() for k, v in load_file(root / name / f"gen_{g}" / "model" / "model.safetensors").items()}
 
 
 def mean_se(x: np.ndarray) -> tuple[float, float]:

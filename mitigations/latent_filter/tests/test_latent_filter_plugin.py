@@ -1,5 +1,7 @@
-"""The latent-filter plugin: option checks, task checks, selection on a stub task, conformance, and a real
-run under accumulate-subsample on digits-diffusion."""
+"""The latent-filter and latent-filter-accumulated plugins: option checks, task checks, selection on a stub
+task (two labelled blobs), latent-filter-accumulated's budget split and top-xi selection over the whole
+accumulated history, conformance, and a real run under accumulate-subsample on digits-diffusion (a real run
+of latent-filter-accumulated on image-diffusion is in tests/tasks/test_image_diffusion.py)."""
 from __future__ import annotations
 
 import pickle
@@ -15,6 +17,8 @@ from collapsekit.plugins.tasks.digits_diffusion import DigitsDiffusion
 from collapsekit.pool import REAL, Pool
 from collapsekit.seeds import numpy_rng
 from collapsekit.testing import PluginConformance
+from collapsekit_latent_filter.accumulated import LatentFilterAccumulated
+from collapsekit_latent_filter.functional import split_budget
 from collapsekit_latent_filter.plugin import LatentFilter
 
 SMOKE = DigitsDiffusion.preset("smoke")["task"]
@@ -41,14 +45,14 @@ def stub_run(task, tmp_path: Path, seed: int = 0):
                            rng=lambda g, role: numpy_rng(seed, g, role), gen_dir=lambda g: tmp_path / f"gen_{g}")
 
 
-def mixed_samples(n_good: int = 10, n_bad: int = 10) -> Pool:
-    """``n_good`` items in the blob of their label, then ``n_bad`` items in the other blob."""
-    rng = np.random.default_rng(1)
+def mixed_samples(n_good: int = 10, n_bad: int = 10, generation: int = 0, seed: int = 1) -> Pool:
+    """``n_good`` items of ``generation`` in the blob of their label, then ``n_bad`` items in the other blob."""
+    rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, size=n_good + n_bad)
     centre = np.where(y == 1, 3.0, -3.0)
     centre[n_good:] *= -1
     x = np.stack([centre, np.zeros(len(y))], 1) + 0.5 * rng.normal(size=(len(y), 2))
-    return Pool.fresh({"x": x, "y": y}, 0)
+    return Pool.fresh({"x": x, "y": y}, generation)
 
 
 # -- options and task checks --------------------------------------------------------------------------
@@ -158,6 +162,58 @@ def test_pickling_drops_the_fitted_state(tmp_path):
     assert mask.tolist() == [True] * 10 + [False] * 10
 
 
+# -- latent-filter-accumulated ----------------------------------------------------------------------
+@pytest.mark.parametrize("budget, real, synthetic, expected", [
+    (100, 100, 100, (50, 50)), (100, 100, 300, (25, 75)), (100, 100, 0, (100, 0)),
+    (10, 2, 3, (2, 3)), (100, 0, 40, (0, 40)), (0, 5, 5, (0, 0)), (100, 100, 200, (33, 67))])
+def test_split_budget_keeps_the_accumulated_real_share(budget, real, synthetic, expected):
+    assert split_budget(budget, real, synthetic) == expected
+
+
+def test_split_budget_rejects_negative_counts():
+    with pytest.raises(ValueError):
+        split_budget(-1, 1, 1)
+
+
+def test_selects_the_top_scores_of_the_whole_history(tmp_path):
+    run = stub_run(Blobs(), tmp_path)
+    plugin = LatentFilterAccumulated(scorer="probe", latent="input")
+    plugin.configure(run)
+    real = run.task.real_pool()
+    history = [mixed_samples(90, 10, 0, seed=10), mixed_samples(40, 60, 1, seed=11)]
+    pool = plugin.compose_pool(run, 2, real, history)
+    assert len(pool) == 100 and (np.asarray(pool.origin_generation) == REAL).sum() == 33   # 100 * 100 / 300
+    scores = [plugin.scores_of(run, g, p).copy() for g, p in enumerate(history)]
+    flat = np.concatenate(scores)
+    chosen = set(zip(np.asarray(pool.origin_generation)[33:].tolist(), np.asarray(pool.origin_index)[33:].tolist()))
+    top = np.argsort(-flat, kind="stable")[:67]
+    assert chosen == {(int(i // 100), int(i % 100)) for i in top}
+    # the mislabelled items (last 10% of gen 0, last 60% of gen 1) are the ones left out
+    assert all(idx < 90 for g, idx in chosen if g == 0) and sum(g == 1 for g, _ in chosen) <= 40
+    stats = plugin.metrics(2)
+    assert stats["latent_filter_accumulated/synthetic"] == 67
+    assert stats["latent_filter_accumulated/rejected_score"] < stats["latent_filter_accumulated/threshold"]
+    assert pickle.loads(pickle.dumps(plugin))._scores == {}
+
+
+def test_generation_zero_and_random_control(tmp_path):
+    run = stub_run(Blobs(), tmp_path)
+    plugin = LatentFilterAccumulated(scorer="random", budget=60)
+    plugin.configure(run)
+    real = run.task.real_pool()
+    first = plugin.compose_pool(run, 0, real, [])
+    assert len(first) == 60 and (np.asarray(first.origin_generation) == REAL).all()
+    pool = plugin.compose_pool(run, 1, real, [mixed_samples(50, 50, 0, seed=10)])
+    assert len(pool) == 60 and (np.asarray(pool.origin_generation) == REAL).sum() == 30
+    again = plugin.compose_pool(run, 1, real, [mixed_samples(50, 50, 0, seed=10)])
+    assert np.array_equal(pool.origin_index, again.origin_index)
+
+
+def test_bad_budget_is_a_clear_error():
+    with pytest.raises(ValueError, match="budget"):
+        LatentFilterAccumulated(budget=0)
+
+
 # -- real runs -----------------------------------------------------------------------------------------
 def smoke_task():
     return DigitsDiffusion(**SMOKE)
@@ -166,6 +222,12 @@ def smoke_task():
 class TestLatentFilterConformance(PluginConformance):
     plugin_name = "latent-filter"
     plugin_args = {"keep": 0.5}
+    task_factory = staticmethod(smoke_task)
+
+
+class TestLatentFilterAccumulatedConformance(PluginConformance):
+    plugin_name = "latent-filter-accumulated"
+    plugin_args = {"scorer": "probe"}
     task_factory = staticmethod(smoke_task)
 
 

@@ -21,9 +21,7 @@ for cname in only:
             name = f"{cname}-{mname}-{seed}"
             with quiet_lightning():
                 (m,) = run_tiny(root, plugins, task, name=name, generations=1, max_steps=steps, seed=seed)
-            model = task.build_model()
-            model.load_state_dict(torch.load(f"{root}/{name}/gen_0/model.pt", weights_only=True))
-            model.eval()
+            model = task.load_model(f"{root}/{name}/gen_0").eval()
             with torch.no_grad():
                 _, hid = model.forward_all(torch.as_tensor(task.train_images).float())
             dw_tr, r2_tr = cosine_class_variation(hid[-1].numpy(), task.train_labels)
