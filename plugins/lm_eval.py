@@ -11,8 +11,12 @@ found under ``include_path``, lm-eval's ~15,000 built-in task configs are not in
 about 15 CPU seconds).
 
 Works with any task that declares :class:`~collapsekit.capabilities.TransformersLM` (a
-``transformers`` causal LM and its tokenizer, e.g. ``hf-lm``); any other task stops the run before
-training with one message. Needs the harness: ``pip install 'collapsekit[lm-eval]'``.
+``transformers`` causal LM and its tokenizer: every language task, ``hf-lm``, ``bible-lm``,
+``markov-text``, ``multiplication``, ``facts-unlearning``); any other task stops the run before
+training with one message. ``hf-lm`` and ``bible-lm`` (byte-level by default) encode any text; the
+tokenizers of ``markov-text``, ``multiplication`` and ``facts-unlearning`` know only their own
+words, so their lm-eval tasks must be written in those words (a YAML under ``include_path``).
+Needs the harness: ``pip install 'collapsekit[lm-eval]'``.
 
 Task data load as ``hf-lm``'s data do (:mod:`collapsekit.plugins.tasks.hub`): local data files, the
 ``datasets`` cache, or the Hub when it answers (with ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set or
@@ -169,7 +173,9 @@ class LMEval:
         if self.add_bos_token:
             tokenizer.add_bos_token = True
             bos = tokenizer.bos_token_id
-            if bos is None or tokenizer("a")["input_ids"][:1] != [bos]:
+            specials = set(tokenizer.all_special_ids)
+            probe = tokenizer.decode(next(([i] for i in range(len(tokenizer)) if i not in specials), []))
+            if bos is None or tokenizer(probe)["input_ids"][:1] != [bos]:      # a text of the tokenizer's own words
                 raise ConfigError(f"{PLUGIN}: the task's tokenizer ({type(tokenizer).__name__}) cannot be made to "
                                   "prepend a BOS token; set add_bos_token: false")
         return tokenizer

@@ -36,7 +36,7 @@ def multiplication() -> Multiplication:
 
 def test_provides_is_derived_from_the_inherited_capabilities():
     assert MarkovText.provides == {"sampler", "logits", "tokens", "hidden_states", "features", "items", "verifier",
-                                   "corrector"}
+                                   "corrector", "transformers_lm"}
     assert FactsUnlearning.provides >= {"forget_data", "text", "tokens"}
     assert DigitsClassify.provides == {"sampler", "logits", "features", "hidden_states", "views", "item_weights",
                                        "verifier"}

@@ -92,11 +92,14 @@ def test_hf_lm_run_writes_lm_eval_accuracy_for_every_generation(cli, write_confi
     assert "plots/evaluation.png" in out and (tmp_path / "runs" / "lm" / "plots" / "evaluation.png").is_file()
 
 
-def test_in_memory_model_gets_the_plain_log_likelihoods(task_dir, offline):
-    """Every request lm-eval scores equals the plain forward pass of the same (trained) model in memory."""
+@pytest.mark.parametrize("which", ["hf-lm", "bible-lm"])
+def test_in_memory_model_gets_the_plain_log_likelihoods(task_dir, offline, which):
+    """Every request lm-eval scores equals the plain forward pass of the same model in memory: for hf-lm and
+    for a built-in language task (bible-lm, its byte-level tokenizer), which share the transformers path."""
+    from collapsekit.plugins.tasks.bible_lm import BibleLM
     from collapsekit.plugins.tasks.hf_lm import HFCausalLM
 
-    task = HFCausalLM(**TINY_LM)
+    task = HFCausalLM(**TINY_LM) if which == "hf-lm" else BibleLM(seq_len=64, n_layer=1, n_embd=16)
     torch.manual_seed(0)
     model = task.build_model().eval()
     with torch.no_grad():                                      # move it off its initialisation
@@ -109,12 +112,11 @@ def test_in_memory_model_gets_the_plain_log_likelihoods(task_dir, offline):
     assert len({round(x, 3) for row in expected for x in row}) == 16        # 16 distinct scores: not a trivial case
 
 
-def test_a_task_that_is_not_a_transformers_lm_stops_before_training(cli, write_config, tmp_path, task_dir,
-                                                                    tiny_config_fn):
-    task = tiny_config_fn(tmp_path)["task"]                    # markov-text: no TransformersLM capability
+def test_a_task_that_is_not_a_transformers_lm_stops_before_training(cli, write_config, tmp_path, task_dir):
+    task = {"class_path": "collapsekit.plugins.tasks.gaussian.Gaussian", "init_args": {"dim": 2}}  # no LM
     code, _, err = cli("run", "--config", write_config(run_config(tmp_path / "runs", task_dir, task=task)))
     assert code == 2 and "Traceback" not in err
-    assert "lm-eval needs the task capability TransformersLM" in err and "markov-text" in err
+    assert "lm-eval needs the task capability TransformersLM" in err and "gaussian" in err
     assert not (tmp_path / "runs" / "lm" / "gen_0").exists()
 
 

@@ -41,8 +41,9 @@ Model, training, sampling, NLL and saving are the path every language task share
 (:class:`~collapsekit.plugins.tasks.language.LanguageTask`). Each generation's model is
 ``gen_<k>/model/`` (``save_pretrained`` safetensors plus the tokenizer):
 ``AutoModelForCausalLM.from_pretrained(run_dir / "gen_<k>" / "model")`` loads it. With ``lora``
-(``peft.LoraConfig`` arguments) the base weights are frozen and adapters trained; the saved model holds the MERGED weights (plain ``from_pretrained`` loads it) and a
-generation that starts from it (``run.init: previous``) gets fresh adapters on top.
+(``peft.LoraConfig`` arguments) the base weights are frozen and adapters trained; the saved model holds the
+MERGED weights (plain ``from_pretrained`` loads it) and a generation that starts from it
+(``run.init: previous``) gets fresh adapters on top.
 ``gen_<k>/samples.jsonl`` holds the decoded samples with their lineage.
 
 Unlearning. ``forget`` / ``retain`` (load_dataset kwargs of question/answer records, TOFU
@@ -75,7 +76,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import numpy as np
 import torch
 
-from collapsekit.capabilities import TextItems, TransformersLM
+from collapsekit.capabilities import TextItems
 from collapsekit.errors import ConfigError
 from collapsekit.plugins.tasks.hf_data import byte_tokenizer, carve, column, load_hf, load_records, pack_blocks
 from collapsekit.plugins.tasks.hf_models import (check_causal, check_causal_lm_class, check_lora_targets,
@@ -85,7 +86,7 @@ from collapsekit.plugins.vllm_backend import VLLMBackend, save_for_engine
 from collapsekit.task import QUICK
 
 
-class HFCausalLM(LanguageTask, TextItems, ForgetRetainRows, TransformersLM):
+class HFCausalLM(LanguageTask, TextItems, ForgetRetainRows):
     """Any ``transformers`` causal LM, pretrained or from scratch, on any ``datasets`` corpus.
 
     Args:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from collapsekit.capabilities import ForgetRetain, HiddenStates, Items, Sampler, StepFeatures, TokenSequences
+from collapsekit.capabilities import (ForgetRetain, HiddenStates, Items, Sampler, StepFeatures, TokenSequences,
+                                      TransformersLM)
 from collapsekit.distributed import shard
 from collapsekit.fileio import atomic_write_bytes
 from collapsekit.metrics import MeanNLL
@@ -68,8 +69,10 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Items):
-    """A causal language model task on the ``transformers`` path (see the module docstring).
+class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, Items, TransformersLM):
+    """A causal language model task on the ``transformers`` path (see the module docstring). Every such task
+    declares :class:`~collapsekit.capabilities.TransformersLM` (its model is a transformers causal LM over
+    ``tokenizer``), so plugins that need one (``lm-eval``) serve every language task.
 
     A subclass sets, before :meth:`build_model`: ``model_config`` (a ``PretrainedConfig``),
     ``tokenizer``, ``bos_id``, ``pad_id``, ``vocab_size`` (content ids), ``suppress`` (ids the sampler
