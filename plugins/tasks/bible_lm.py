@@ -29,7 +29,7 @@ import functools
 import json
 import math
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -117,6 +117,7 @@ class BibleLM(CausalLMTask, TextItems):
         eval_samples: generated sequences used for ``mean_seq_entropy``.
         warmup_steps: linear learning-rate warm-up steps (0 = constant learning rate).
         n_layer, n_embd, n_head, batch_size, lr, weight_decay: GPT-2 size and optimiser.
+        backend, vllm: inference backend, ``hf`` or ``vllm`` with ``vllm.LLM`` arguments (as ``hf-lm``'s).
     """
 
     name: ClassVar[str] = "bible-lm"
@@ -146,9 +147,11 @@ class BibleLM(CausalLMTask, TextItems):
         batch_size: int = 64,
         lr: float = 3e-3,
         weight_decay: float = 0.0,
+        backend: str = "hf",
+        vllm: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(256, seq_len, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                         batch_size=batch_size, lr=lr, weight_decay=weight_decay)
+                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, backend=backend, vllm=vllm)
         if train_size < 1 or heldout_size < 1:
             raise ValueError(f"train_size and heldout_size must be >= 1, got {train_size}, {heldout_size}")
         if warmup_steps < 0:

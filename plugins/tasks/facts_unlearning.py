@@ -37,7 +37,7 @@ probes (``heldout_nll``, ``distinct_n``, ...).
 """
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -94,6 +94,8 @@ class FactsUnlearning(CausalLMTask, ForgetRetainRows, TextItems):
         batch_size: int = 32,
         lr: float = 3e-3,
         eval_batch_size: int = 512,
+        backend: str = "hf",
+        vllm: dict[str, Any] | None = None,
     ) -> None:
         sizes = {"n_first": n_first, "n_last": n_last, "n_cities": n_cities, "n_jobs": n_jobs,
                  "n_hobbies": n_hobbies}
@@ -114,7 +116,8 @@ class FactsUnlearning(CausalLMTask, ForgetRetainRows, TextItems):
                       + [f"C{i}" for i in range(n_cities)] + [f"J{i}" for i in range(n_jobs)]
                       + [f"H{i}" for i in range(n_hobbies)])
         super().__init__(len(self.vocab), SEQ_LEN, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                         batch_size=batch_size, lr=lr, eval_batch_size=eval_batch_size)
+                         batch_size=batch_size, lr=lr, eval_batch_size=eval_batch_size, backend=backend,
+                         vllm=vllm)
         self.num_people, self.forget_share, self.heldout_people = num_people, forget_share, heldout_people
         self.sizes = sizes
         self.world_seed = world_seed

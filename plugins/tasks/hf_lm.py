@@ -33,7 +33,7 @@ plugin's values for the keys it sets), ``num_beams``, ``repetition_penalty`` and
 from the generator it is given; beams or penalties go through ``model.generate``, seeded with
 ``torch.manual_seed(seed drawn from the generator)`` inside ``torch.random.fork_rng``: the
 same seed gives the same samples on the same hardware and library versions. ``backend: vllm``
-samples (and scores, :meth:`token_scores`) with a vLLM engine over the generation's saved model
+samples (and scores, ``token_scores``) with a vLLM engine over the generation's saved model
 instead, one seed per item drawn from the generator (:mod:`collapsekit.plugins.vllm_backend`;
 beams and ``no_repeat_ngram_size`` are refused there).
 
@@ -70,7 +70,6 @@ excluded): ``distinct_1/2/3``, ``unigram_entropy``, ``tail_coverage_1/2`` (rare 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
@@ -82,7 +81,6 @@ from collapsekit.plugins.tasks.hf_data import byte_tokenizer, carve, column, loa
 from collapsekit.plugins.tasks.hf_models import (check_causal, check_causal_lm_class, check_lora_targets,
                                                 check_trainable_dtype)
 from collapsekit.plugins.tasks.language import GENERATE_KEYS, SAMPLER_KEYS, ForgetRetainRows, LanguageTask
-from collapsekit.plugins.vllm_backend import VLLMBackend, save_for_engine
 from collapsekit.task import QUICK
 
 
@@ -227,7 +225,7 @@ class HFCausalLM(LanguageTask, TextItems, ForgetRetainRows):
             self.pool_keys = ("example_id", "tokens")
         self.train_tokens: np.ndarray | None = None
         self.heldout_tokens: np.ndarray | None = None
-        self.inference = self._inference(backend, vllm)
+        self.inference = self.inference_backend(backend, vllm)
 
     # -- settings ---------------------------------------------------------------------
     @staticmethod
@@ -258,22 +256,6 @@ class HFCausalLM(LanguageTask, TextItems, ForgetRetainRows):
             raise ConfigError(f"hf-lm: unknown generation setting(s) {unknown}; known: "
                               f"{', '.join(SAMPLER_KEYS + GENERATE_KEYS)}")
         return generation
-
-    def _inference(self, backend: str, vllm: dict[str, Any] | None) -> VLLMBackend | None:
-        """The vLLM backend (``backend: vllm``), or None for the built-in path; one error line for settings
-        vLLM cannot honour."""
-        if backend not in ("hf", "vllm"):
-            raise ConfigError(f"hf-lm: backend must be 'hf' or 'vllm', got {backend!r}")
-        if backend == "hf":
-            if vllm is not None:
-                raise ConfigError("hf-lm: vllm settings are given but backend is 'hf'; set backend: vllm or drop vllm")
-            return None
-        beams = self.generation.get("num_beams", 1) != 1
-        if beams or self.generation.get("no_repeat_ngram_size"):
-            setting = "num_beams" if beams else "no_repeat_ngram_size"
-            raise ConfigError(f"hf-lm: backend vllm cannot honour generation.{setting} (vLLM's sampling has no "
-                              f"{'beam search' if beams else 'n-gram blocking'}); drop it or use backend: hf")
-        return VLLMBackend(vllm, self.dtype, what="hf-lm")
 
     def _load_architecture(self, model: str | None, config: str | dict | None, tokenizer: str | None) -> None:
         """Resolve the model config and tokenizer (local files only) and the token ids the task uses."""
@@ -462,10 +444,10 @@ class HFCausalLM(LanguageTask, TextItems, ForgetRetainRows):
         the first model built is checked to be causal."""
         from transformers import AutoModelForCausalLM
 
-        self.release_inference()
         if self.model_name is None:
             model = super().build_model()
         else:
+            self.release_inference()
             model = self.prepare(load_hf(AutoModelForCausalLM.from_pretrained, self.model_name, "model",
                                          dtype=self.dtype))
         if not self.causal_checked:
@@ -473,53 +455,7 @@ class HFCausalLM(LanguageTask, TextItems, ForgetRetainRows):
             self.causal_checked = True
         return model
 
-    def save_model(self, model: torch.nn.Module, directory: Path) -> list[str]:
-        """The shared ``model/`` folder; with ``backend: vllm`` the engine of ``model`` loads that folder."""
-        files = super().save_model(model, directory)
-        if self.inference is not None:
-            self.inference.remember(model, Path(directory) / "model")
-        return files
-
-    def load_model(self, directory: Path) -> torch.nn.Module:
-        self.release_inference()
-        return super().load_model(directory)
-
-    # -- inference backend ------------------------------------------------------------
-    def continuation(self, model, prompts, new, generator, settings):
-        """With ``backend: vllm``: the rows sampled by the vLLM engine of ``model``, one request per prompt,
-        seeded with one draw per item from ``generator`` (so items differ, and the same generator gives the
-        same rows); else the shared path's."""
-        if self.inference is None:
-            return super().continuation(model, prompts, new, generator, settings)
-        seeds = torch.randint(2 ** 63 - 1, (len(prompts),), generator=generator).tolist()
-        return torch.as_tensor(self._engine(model).generate(
-            prompts.tolist(), new, seeds, self.suppress, temperature=settings.get("temperature", 1.0),
-            top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
-            repetition_penalty=settings.get("repetition_penalty", 1.0)))
-
-    def _engine(self, model: torch.nn.Module):
-        """The vLLM engine serving ``model`` (its saved ``gen_<k>/model/``, or a temporary copy)."""
-        width = self.width + 1                          # scoring a full row asks for one token more
-        context = min(width, self.context) if self.context else width
-        return self.inference.engine_for(model, lambda d: save_for_engine(self.plain(model), self.tokenizer, d),
-                                         max_model_len=context)
-
-    def release_inference(self) -> None:
-        """Shut down the inference engine, if any (before measuring and before the next model trains)."""
-        if self.inference is not None:
-            self.inference.release()
-
-    def token_scores(self, model, tokens, k):
-        """Scores of ``tokens`` over the content ids: from the model's logits, or vLLM's ``prompt_logprobs``."""
-        if self.inference is None:
-            return super().token_scores(model, tokens, k)
-        return self._engine(model).score(np.asarray(tokens), k, self.vocab_size, self.logits_size)
-
     # -- probes -------------------------------------------------------------------------
-    def evaluate(self, model, samples):
-        self.release_inference()
-        return super().evaluate(model, samples)
-
     def extra_metrics(self, model, samples):
         """With forget data: ``forget_nll`` / ``forget_acc`` and ``retain_nll`` / ``retain_acc`` (answer tokens)."""
         if self.forget_spec is None:

@@ -9,7 +9,9 @@ penalties), score held-out text (:class:`~collapsekit.metrics.MeanNLL`, each pro
 ``save_pretrained`` safetensors plus the task's tokenizer, so that
 ``AutoModelForCausalLM.from_pretrained(run_dir / "gen_<k>" / "model")`` and
 ``AutoTokenizer.from_pretrained`` of the same folder open it (and ``gen_<k>/samples.jsonl`` holds the
-decoded samples). Tasks differ in their data, probes and presets:
+decoded samples). ``backend: vllm`` samples and scores with a vLLM engine over that saved folder instead
+(:meth:`~LanguageTask.inference_backend`, :mod:`collapsekit.plugins.vllm_backend`). Tasks differ in their
+data, probes and presets:
 
 * :class:`CausalLMTask`, the base of the built-in token tasks (``markov-text``, ``bible-lm``,
   ``multiplication``, ``facts-unlearning``): a GPT-2 from scratch (``GPT2Config``) over a vocabulary
@@ -37,11 +39,13 @@ import torch.nn.functional as F
 from collapsekit.capabilities import (ForgetRetain, HiddenStates, Items, Sampler, StepFeatures, TokenSequences,
                                       TransformersLM)
 from collapsekit.distributed import shard
+from collapsekit.errors import ConfigError
 from collapsekit.fileio import atomic_write_bytes
 from collapsekit.metrics import MeanNLL
 from collapsekit.plugins.probes import distinct_n, effective_rank, repetition, tail_coverage, unigram_entropy
 from collapsekit.plugins.sampling import sample_tokens
 from collapsekit.plugins.tasks.hf_data import load_hf, quiet_transformers, word_tokenizer
+from collapsekit.plugins.vllm_backend import VLLMBackend, save_for_engine
 from collapsekit.pool import REAL, Pool
 from collapsekit.task import Task, legacy_state_dict, save_pretrained
 
@@ -75,9 +79,11 @@ class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
     ``tokenizer``), so plugins that need one (``lm-eval``) serve every language task.
 
     A subclass sets, before :meth:`build_model`: ``model_config`` (a ``PretrainedConfig``),
-    ``tokenizer``, ``bos_id``, ``pad_id``, ``vocab_size`` (content ids), ``suppress`` (ids the sampler
-    never draws), ``n_layer``, ``eval_batch_size`` and ``width`` (pool row width, BOS included); and in
-    ``setup``: ``train_tokens`` and ``heldout_tokens`` (rows starting with BOS).
+    ``tokenizer``, ``bos_id``, ``pad_id``, ``vocab_size`` (content ids), ``logits_size`` (the model's
+    vocabulary), ``context`` (its positions, or ``None``), ``suppress`` (ids the sampler never draws),
+    ``n_layer``, ``eval_batch_size``, ``width`` (pool row width, BOS included) and ``inference``
+    (:meth:`inference_backend`); and in ``setup``: ``train_tokens`` and ``heldout_tokens`` (rows starting
+    with BOS).
     """
 
     pool_keys: ClassVar[tuple[str, ...]] = ("tokens",)
@@ -103,6 +109,9 @@ class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
     prompt: str = "empty"
     prompt_tokens: int = 0
     generation: Mapping[str, Any] = {}
+    #: the vLLM backend (``backend: vllm``); ``None``: the built-in sampler and the model's own forward pass
+    inference: VLLMBackend | None = None
+    context: int | None = None
     train_tokens: np.ndarray | None = None
     heldout_tokens: np.ndarray | None = None
 
@@ -129,6 +138,7 @@ class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
         """A fresh init of ``model_config`` (the engine seeds the global RNG first)."""
         from transformers import AutoModelForCausalLM
 
+        self.release_inference()
         quiet_transformers()
         return self.prepare(AutoModelForCausalLM.from_config(self.model_config))
 
@@ -148,9 +158,13 @@ class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
         return model
 
     def save_model(self, model: torch.nn.Module, directory: Path) -> list[str]:
-        """``model/`` = ``save_pretrained`` (safetensors; LoRA merged into the weights) plus the tokenizer."""
+        """``model/`` = ``save_pretrained`` (safetensors; LoRA merged into the weights) plus the tokenizer; with
+        ``backend: vllm`` the engine of ``model`` loads that folder."""
         quiet_transformers()
-        return save_pretrained(directory, self.plain(model), self.tokenizer)
+        files = save_pretrained(directory, self.plain(model), self.tokenizer)
+        if self.inference is not None:
+            self.inference.remember(model, Path(directory) / "model")
+        return files
 
     def plain(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` as a plain transformers model (a merged copy when LoRA adapters are trained)."""
@@ -161,6 +175,7 @@ class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
         a folder of an earlier collapsekit holding ``model.pt`` (a state dict) is read into :meth:`build_model`."""
         from transformers import AutoModelForCausalLM
 
+        self.release_inference()
         state = legacy_state_dict(directory)
         if state is not None:
             model = self.build_model()
@@ -240,7 +255,15 @@ class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
     def continuation(self, model, prompts: torch.Tensor, new: int, generator: torch.Generator,
                      settings: Mapping[str, Any]) -> torch.Tensor:
         """``prompts`` [n, P] continued by ``new`` sampled tokens: collapsekit's KV-cache sampler for plain
-        sampling, :meth:`generate` for beams or penalties."""
+        sampling, :meth:`generate` for beams or penalties; with ``backend: vllm`` the vLLM engine of ``model``,
+        one request per prompt seeded with one draw per item from ``generator`` (so items differ, and the same
+        generator gives the same rows)."""
+        if self.inference is not None:
+            seeds = torch.randint(2 ** 63 - 1, (len(prompts),), generator=generator).tolist()
+            return torch.as_tensor(self.engine(model).generate(
+                prompts.tolist(), new, seeds, self.suppress, temperature=settings.get("temperature", 1.0),
+                top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
+                repetition_penalty=settings.get("repetition_penalty", 1.0)))
         plain = settings.get("num_beams", 1) == 1 and settings.get("repetition_penalty", 1.0) == 1.0 \
             and not settings.get("no_repeat_ngram_size")
         if not plain:
@@ -248,6 +271,42 @@ class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
         return sample_tokens(model, prompts, new, generator, temperature=settings.get("temperature", 1.0),
                              top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0),
                              batch_size=self.eval_batch_size, suppress=self.suppress)
+
+    # -- inference backend ------------------------------------------------------------
+    def inference_backend(self, backend: str, vllm: Mapping[str, Any] | None) -> VLLMBackend | None:
+        """The vLLM backend (``backend: vllm``), or ``None`` for the built-in path (``hf``); one error line for
+        settings vLLM cannot honour (call it after ``generation`` and ``dtype`` are set)."""
+        if backend not in ("hf", "vllm"):
+            raise ConfigError(f"{self.name}: backend must be 'hf' or 'vllm', got {backend!r}")
+        if backend == "hf":
+            if vllm is not None:
+                raise ConfigError(f"{self.name}: vllm settings are given but backend is 'hf'; set backend: vllm or "
+                                  "drop vllm")
+            return None
+        beams = self.generation.get("num_beams", 1) != 1
+        if beams or self.generation.get("no_repeat_ngram_size"):
+            setting = "num_beams" if beams else "no_repeat_ngram_size"
+            raise ConfigError(f"{self.name}: backend vllm cannot honour generation.{setting} (vLLM's sampling has "
+                              f"no {'beam search' if beams else 'n-gram blocking'}); drop it or use backend: hf")
+        return VLLMBackend(vllm, self.dtype, what=self.name)
+
+    def engine(self, model: torch.nn.Module):
+        """The vLLM engine serving ``model`` (its saved ``gen_<k>/model/``, or a temporary copy)."""
+        width = self.width + 1                          # scoring a full row asks for one token more
+        context = min(width, self.context) if self.context else width
+        return self.inference.engine_for(model, lambda d: save_for_engine(self.plain(model), self.tokenizer, d),
+                                         max_model_len=context)
+
+    def release_inference(self) -> None:
+        """Shut down the inference engine, if any (before measuring and before the next model trains)."""
+        if self.inference is not None:
+            self.inference.release()
+
+    def token_scores(self, model, tokens, k):
+        """Scores of ``tokens`` over the content ids: from the model's logits, or vLLM's ``prompt_logprobs``."""
+        if self.inference is None:
+            return super().token_scores(model, tokens, k)
+        return self.engine(model).score(np.asarray(tokens), k, self.vocab_size, self.logits_size)
 
     def prompt_rows(self, n: int, generator: torch.Generator) -> np.ndarray:
         """[n, 1 + prompt_tokens]: BOS, or BOS + the first ``prompt_tokens`` of real rows (picked by a permutation
@@ -302,7 +361,8 @@ class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
         return float(metric.compute())
 
     def heldout_rank(self, model: torch.nn.Module, limit: int | None = None) -> float:
-        """Effective rank of the :meth:`pooled` last hidden state of up to ``limit`` (``rank_samples``) held-out rows."""
+        """Effective rank of the :meth:`pooled` last hidden state of up to ``limit`` (``rank_samples``) held-out
+        rows."""
         tokens = torch.as_tensor(self.heldout_tokens[:limit or self.rank_samples])
         with evaluating(model):
             features = torch.cat([self.pooled(self.forward(model, tokens[i:i + self.eval_batch_size], True)
@@ -329,7 +389,8 @@ class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
         """Held-out ``heldout_nll`` / ``heldout_ppl`` / ``effective_rank`` (and ``heldout_bpb`` where the task has
         :meth:`bits_per_byte`); of the samples' generated tokens: ``distinct_1/2/3``, ``unigram_entropy``,
         ``tail_coverage_1/2`` (rare held-out n-grams still produced) and ``repetition`` (1 - distinct 4-grams /
-        4-grams within each sample, averaged); then :meth:`extra_metrics`."""
+        4-grams within each sample, averaged); then :meth:`extra_metrics`. The inference engine is shut down first."""
+        self.release_inference()
         nll = self.heldout_nll(model)
         metrics = {"heldout_nll": nll, "heldout_ppl": float(np.exp(min(nll, 700.0))),
                    "effective_rank": self.heldout_rank(model)}
@@ -381,7 +442,8 @@ class CausalLMTask(LanguageTask):
     Content ids are ``0 .. vocab_size - 1`` and BOS is ``vocab_size``; rows are ``seq_len`` content
     tokens after BOS. Subclasses provide the data (:meth:`build_data`), may name the ids
     (:meth:`token_names`) or give their own tokenizer (:meth:`build_tokenizer`), and add probes in
-    :meth:`extra_metrics`.
+    :meth:`extra_metrics`. ``backend`` (``hf`` or ``vllm``) and ``vllm`` (``vllm.LLM`` arguments) choose the
+    inference backend (:meth:`LanguageTask.inference_backend`).
     """
 
     #: held-out rows of ``effective_rank``
@@ -398,6 +460,8 @@ class CausalLMTask(LanguageTask):
         lr: float = 3e-3,
         weight_decay: float = 0.0,
         eval_batch_size: int = 256,
+        backend: str = "hf",
+        vllm: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, lr=lr, weight_decay=weight_decay)
         if seq_len < 2:
@@ -408,6 +472,7 @@ class CausalLMTask(LanguageTask):
         self.seq_len = seq_len                # content tokens per sequence (BOS excluded)
         self.n_layer, self.n_embd, self.n_head = n_layer, n_embd, n_head
         self.eval_batch_size = eval_batch_size
+        self.inference = self.inference_backend(backend, vllm)
 
     @functools.cached_property
     def tokenizer(self) -> Any:
@@ -418,6 +483,16 @@ class CausalLMTask(LanguageTask):
     def width(self) -> int:
         """Pool row width: BOS + ``seq_len`` content tokens."""
         return self.seq_len + 1
+
+    @property
+    def context(self) -> int:
+        """The model's positions (``n_positions``): one row."""
+        return self.seq_len + 1
+
+    @property
+    def logits_size(self) -> int:
+        """The model's vocabulary: the content ids and BOS."""
+        return self.vocab_size + 1
 
     @property
     def model_config(self) -> Any:

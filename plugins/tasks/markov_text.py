@@ -11,7 +11,7 @@ without them no prediction ever passes ToEdit's 0.99 threshold.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -137,9 +137,11 @@ class MarkovText(CausalLMTask, Verifier, Corrector):
         n_head: int = 2,
         batch_size: int = 64,
         lr: float = 3e-3,
+        backend: str = "hf",
+        vllm: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(vocab_size, seq_len, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                         batch_size=batch_size, lr=lr)
+                         batch_size=batch_size, lr=lr, backend=backend, vllm=vllm)
         if train_size < 1 or heldout_size < 1:
             raise ValueError("train_size and heldout_size must be >= 1")
         if not 0 <= deterministic_share <= 1:

@@ -19,7 +19,7 @@ effective rank of every layer's representations at the answer positions.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -67,6 +67,8 @@ class Multiplication(CausalLMTask, PauseTokens, Verifier, Corrector):
         weight_decay: float = 0.0,
         eval_batch_size: int = 500,
         rank_samples: int = 500,
+        backend: str = "hf",
+        vllm: dict[str, Any] | None = None,
     ) -> None:
         digits_b = digits if digits_b is None else digits_b
         if digits < 1 or digits_b < 1:
@@ -86,7 +88,8 @@ class Multiplication(CausalLMTask, PauseTokens, Verifier, Corrector):
         self.train_size, self.heldout_size = train_size, heldout_size
         self.rank_samples = rank_samples
         super().__init__(VOCAB, self._seq_len(pause_tokens), n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, eval_batch_size=eval_batch_size)
+                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, eval_batch_size=eval_batch_size,
+                         backend=backend, vllm=vllm)
         self.pause_tokens = pause_tokens
 
     # -- format -----------------------------------------------------------------

@@ -150,6 +150,29 @@ def test_engine_memory_is_released_and_an_unsaved_model_gets_a_temporary_copy(pa
     assert not torch.distributed.is_initialized()       # the in-process engine's process group is gone
 
 
+def test_every_language_task_samples_on_vllm_from_its_saved_model(tmp_path):
+    """The backend is the shared language path's: markov-text (a GPT-2 over its word tokenizer, head size 32)
+    saves gen_k/model/, the engine loads that folder and its greedy rows equal the built-in sampler's."""
+    from collapsekit.plugins.tasks.markov_text import MarkovText
+
+    args = {"vocab_size": 16, "seq_len": 12, "train_size": 32, "heldout_size": 8, "n_layer": 1, "n_embd": 64}
+    hf, vl = MarkovText(**args), MarkovText(**args, backend="vllm")
+    torch.manual_seed(0)
+    model = vl.build_model().eval()
+    vl.save_model(model, tmp_path)
+    try:
+        ours = vl.sample(model, 16, gen(0), temperature=0.0)["tokens"]
+        assert vl.inference.engine.directory == tmp_path / "model"
+        builtin = hf.sample(model, 16, gen(0), temperature=0.0)["tokens"]
+        np.testing.assert_array_equal(ours, builtin)
+        sampled = vl.sample(model, 16, gen(1))["tokens"]
+        assert sampled.shape == (16, 13) and (sampled[:, 0] == vl.bos_id).all() and sampled[:, 1:].max() < 16
+        assert len({tuple(r) for r in sampled}) > 1
+    finally:
+        vl.release_inference()
+    assert vl.inference.engine is None
+
+
 def test_settings_vllm_cannot_honour_and_bad_engine_arguments_are_one_line(assets, monkeypatch):
     cases = [
         ({"vllm": {"gpu_memory_utilisation": 0.5}},
