@@ -303,8 +303,10 @@ class LanguageTask(Task, Sampler, TokenSequences, HiddenStates, StepFeatures, It
             self.inference.release()
 
     def token_scores(self, model, tokens, k):
-        """Scores of ``tokens`` over the content ids: from the model's logits, or vLLM's ``prompt_logprobs``."""
-        if self.inference is None:
+        """Scores of ``tokens`` over the content ids: from the model's logits, or vLLM's ``prompt_logprobs``.
+        vLLM scores a row only with room for one generated token after it, so rows as long as the model's
+        context (the built-in tasks' GPT-2 has exactly one row of positions) are scored from the logits."""
+        if self.inference is None or (self.context is not None and np.shape(tokens)[1] >= self.context):
             return super().token_scores(model, tokens, k)
         return self.engine(model).score(np.asarray(tokens), k, self.vocab_size, self.logits_size)
 

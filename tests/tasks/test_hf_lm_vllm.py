@@ -168,6 +168,9 @@ def test_every_language_task_samples_on_vllm_from_its_saved_model(tmp_path):
         sampled = vl.sample(model, 16, gen(1))["tokens"]
         assert sampled.shape == (16, 13) and (sampled[:, 0] == vl.bos_id).all() and sampled[:, 1:].max() < 16
         assert len({tuple(r) for r in sampled}) > 1
+        # its rows fill the GPT-2's context, leaving vLLM no room to score them: the logits score them
+        ours, theirs = vl.token_scores(model, sampled, 4), hf.token_scores(model, sampled, 4)
+        assert torch.equal(ours.logp, theirs.logp) and torch.equal(ours.ids, theirs.ids)
     finally:
         vl.release_inference()
     assert vl.inference.engine is None
