@@ -94,11 +94,13 @@ def test_digit_judges_train_on_the_spare_digits_and_are_accurate():
     assert wrong.mean() < 0.05
     diffusion = DigitsDiffusion(train_size=1000, heldout_size=500)
     diffusion.setup(0)
-    assert diffusion.verify_items({"x": diffusion.heldout_x, "y": diffusion.heldout_y}).mean() > 0.85
-    moved = diffusion.correct_items({"x": diffusion.heldout_x[:50], "y": diffusion.heldout_y[:50]}, 1.0,
-                                    torch.Generator())["x"]
+    assert diffusion.verify_items({"image": diffusion.heldout_x, "label": diffusion.heldout_y}).mean() > 0.85
+    moved = diffusion.correct_items({"image": diffusion.heldout_x[:50], "label": diffusion.heldout_y[:50]}, 1.0,
+                                    torch.Generator())["image"]
+    assert moved.shape == (50, 1, 8, 8)                                  # the pool's image shape is kept
     centres = diffusion.centres()
-    assert all(np.abs(c - centres[y]).sum(1).min() < 1e-5 for c, y in zip(moved, diffusion.heldout_y[:50]))
+    flat = moved.reshape(50, -1)
+    assert all(np.abs(c - centres[y]).sum(1).min() < 1e-5 for c, y in zip(flat, diffusion.heldout_y[:50]))
 
 
 def test_unlabelled_image_data_have_no_experts():
