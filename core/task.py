@@ -131,7 +131,8 @@ class Task:
     higher_is_better: ClassVar[Mapping[str, bool]] = {}
     #: run settings per bench preset (``smoke``, ``cpu``, ``gpu``): ``{"task": init_args,
     #: "trainer": {...}, "generations": n}`` plus optional ``seeds``, ``init``,
-    #: ``samples_per_generation``, ``plugin_args``, ``variants``, ``opt_in`` (see ``configs/bench/README.md``)
+    #: ``samples_per_generation``, ``plugin_args``, ``variants``, ``opt_in``, ``opt_in_methods``
+    #: (see ``configs/bench/README.md``)
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: the metrics that sum up a run of this task, shown first in tables and plots
     headline: ClassVar[tuple[str, ...]] = ()

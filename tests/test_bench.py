@@ -374,6 +374,23 @@ def test_an_opt_in_preset_runs_only_when_its_task_is_named(monkeypatch):
     assert {c["task"] for c in cells} == {"costly"}
 
 
+
+def test_opt_in_methods_run_only_when_named():
+    """markov-text's cpu preset leaves the methods added after the budget out; --methods runs them, and
+    writing every cell's config includes them."""
+    cells, info = plan("cpu", tasks=["markov-text"], progress=False)
+    ran = {c["method"] for c in cells}
+    assert ran == {"baseline", "accumulate", "accumulate-subsample", "fresh-mix", "token-editing"}
+    skipped = {s["method"]: s["reason"] for s in info["skipped"]}
+    assert set(skipped) == {"verifier-filter", "verifier-filter-typical", "verifier-filter-model",
+                            "verifier-filter-random", "self-correct", "detector-reweight", "detector-reweight-random"}
+    assert skipped["self-correct"].startswith("opt-in (7 methods added after the cpu budget") \
+        and skipped["self-correct"].endswith("name it to run it: --methods self-correct")
+    cells, _ = plan("cpu", tasks=["markov-text"], methods=["self-correct"], seeds=[0], progress=False)
+    assert [(c["method"], c["seed"]) for c in cells] == [("self-correct", 0)]
+    all_cells, _ = plan("cpu", tasks=["markov-text"], seeds=[0], progress=False, include_opt_in=True)
+    assert {c["method"] for c in all_cells} == ran | set(skipped)
+
 def test_cpu_preset_gives_cheap_tasks_enough_seeds_for_paired_statistics():
     """A paired comparison needs >= 3 seeds; the cheap tasks get 5 (budget in configs/bench/README.md)."""
     from collapsekit.bench.stats import MIN_SEEDS

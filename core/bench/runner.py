@@ -8,6 +8,7 @@ a classmethod ``preset(name) -> dict`` of shape::
      # optional:
      "seeds": [0, 1], "methods": [...], "init": "scratch", "samples_per_generation": N,
      "opt_in": "why, e.g. its cost",   # left out unless named in ``tasks``
+     "opt_in_methods": {"method": "why"},   # left out unless named in ``methods``
      "plugin_args": {"token-editing": {"threshold": 0.99}},
      "variants": {"latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}},
                   "vllm": {"task_args": {"backend": "vllm"}}}}
@@ -107,8 +108,8 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
          controls: Mapping[str, str] | None = None, threads: int | None = None) -> tuple[list[dict], dict]:
     """Resolve tasks, methods and seeds into cell specs; return ``(cells, plan meta)``.
 
-    Without ``tasks``, every task whose preset exists and is not ``opt_in`` (those are listed
-    as skipped unless ``include_opt_in``).
+    Without ``tasks``, every task whose preset exists and is not ``opt_in``; without ``methods``, each
+    task's methods but its preset's ``opt_in_methods`` (both listed as skipped unless ``include_opt_in``).
     Raises for a requested task/method that is unknown or not installed; a default
     method that is not installed is skipped with a printed note
     (``require_installed=False``: no plugin check at all, e.g. to write configs).
@@ -162,6 +163,8 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
         if variants:
             spec["variants"] = {**(spec.get("variants") or {}), **variants}
         defaults = list(spec.get("methods") or getattr(cls, "bench_methods", None) or [BASELINE])
+        if not methods and not include_opt_in:
+            defaults = _without_opt_in_methods(name, defaults, spec.get("opt_in_methods") or {}, skipped, progress)
         runnable = select_methods(name, cls, list(methods) if methods else None, defaults, spec.get("variants"),
                                   available, known, require_installed, skipped, lambda text: _note(progress, text))
         task_seeds = [int(s) for s in (seeds if seeds is not None else spec.get("seeds", DEFAULT_SEEDS[preset]))]
@@ -189,6 +192,16 @@ def plan(preset: str = "cpu", tasks: Sequence[str] | None = None, methods: Seque
             "headline": {n: list(getattr(c, "headline", ()) or ()) for n, c in classes.items()},
             "directions": directions([i.target for i in available.values() if not i.error] + list(classes.values()))}
     return cells, info
+
+
+def _without_opt_in_methods(task: str, methods: list[str], opt_in: Mapping[str, str], skipped: list[dict],
+                            progress: bool) -> list[str]:
+    """``methods`` less the preset's opt-in ones, each appended to ``skipped`` with its reason."""
+    for m in (m for m in methods if m in opt_in):
+        reason = f"opt-in ({opt_in[m]}); name it to run it: --methods {m}"
+        skipped.append({"task": task, "method": m, "reason": reason})
+        _note(progress, f"{task}: method {m!r} skipped: {reason}")
+    return [m for m in methods if m not in opt_in]
 
 
 def _note(progress: bool, text: str) -> None:

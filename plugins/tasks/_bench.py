@@ -18,3 +18,10 @@ SELECTION_CONTROLS = {"verifier-filter": "verifier-filter-random", "verifier-fil
 #: He et al.'s golden-ratio weighting of real data beside plain 1:1 fresh-data mixing (its control)
 MIX_VARIANTS = {"fresh-mix-golden": {"plugin": "fresh-mix", "init_args": {"real_weight": "golden"}}}
 MIX_CONTROLS = {"fresh-mix-golden": "fresh-mix"}
+
+
+def opt_in_methods(methods: tuple[str, ...], first: str, per_cell: str) -> dict[str, str]:
+    """The ``opt_in_methods`` of a ``cpu`` preset: ``methods`` from ``first`` on, which came after the preset's
+    45-minute budget (configs/bench/README.md) and run only when named with ``--methods``."""
+    later = methods[methods.index(first):]
+    return dict.fromkeys(later, f"{len(later)} methods added after the cpu budget, {per_cell} per cell")

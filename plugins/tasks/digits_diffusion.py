@@ -27,7 +27,7 @@ from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.tasks.digits import check_split
 from collapsekit.plugins.tasks.image_diffusion import ImageDiffusion
 from collapsekit.pool import Pool
-from ._bench import CHEAP_SEEDS, DETECTOR_VARIANTS, VERIFIER_VARIANTS
+from ._bench import CHEAP_SEEDS, DETECTOR_VARIANTS, VERIFIER_VARIANTS, opt_in_methods
 
 SCHEDULES = ("cosine", "linear")
 
@@ -87,7 +87,8 @@ class DigitsDiffusion(ImageDiffusion):
         "cpu": {"task": {"train_size": 1000, "heldout_size": 500, "timesteps": 100, "hidden": 256,
                          "depth": 2},
                 "trainer": {"max_steps": 1000}, "generations": 5, "variants": bench_variants,
-                "seeds": CHEAP_SEEDS},
+                "seeds": CHEAP_SEEDS,
+                "opt_in_methods": opt_in_methods(bench_methods, "verifier-filter", "~1 CPU-minute")},
         "gpu": {"task": {"train_size": 1297, "heldout_size": 500, "timesteps": 200, "hidden": 512,
                          "depth": 4, "eval_samples": 2000, "evaluator_steps": 600, "batch_size": 256},
                 "trainer": {"max_steps": 10000}, "generations": 10, "variants": bench_variants},

@@ -19,7 +19,7 @@ import torch
 from collapsekit.capabilities import Corrector, Verifier
 from collapsekit.distributed import all_sum, shard
 from collapsekit.plugins.tasks.language import CausalLMTask
-from ._bench import CHEAP_SEEDS, DETECTOR_VARIANTS, SELECTION_CONTROLS, VERIFIER_VARIANTS
+from ._bench import CHEAP_SEEDS, DETECTOR_VARIANTS, SELECTION_CONTROLS, VERIFIER_VARIANTS, opt_in_methods
 
 
 def markov_source(vocab_size: int, zipf_exponent: float, deterministic_share: float,
@@ -166,7 +166,8 @@ class MarkovText(CausalLMTask, Verifier, Corrector):
         # 1000 training sequences (generation-0 KL 0.22 instead of 0.09) while flagging 14%.
         "cpu": {"task": {"train_size": 1000, "heldout_size": 500, "n_layer": 1, "n_embd": 32},
                 "trainer": {"max_steps": 300}, "generations": 5, "seeds": CHEAP_SEEDS,
-                "plugin_args": {"token-editing": {"threshold": 0.95}}, "variants": bench_variants},
+                "plugin_args": {"token-editing": {"threshold": 0.95}}, "variants": bench_variants,
+                "opt_in_methods": opt_in_methods(bench_methods, "verifier-filter", "~1 CPU-minute")},
         "gpu": {"task": {"vocab_size": 256, "train_size": 20000, "heldout_size": 2000, "seq_len": 128,
                          "n_layer": 6, "n_embd": 256, "n_head": 8, "batch_size": 128},
                 "trainer": {"max_steps": 5000}, "generations": 10, "variants": bench_variants},
