@@ -163,9 +163,22 @@ class LMEval:
                           add_bos_token=self.add_bos_token, **self.model_args)
                 out = simple_evaluate(lm, tasks=list(self.tasks), task_manager=self._manager, limit=self.limit,
                                       num_fewshot=self.num_fewshot, **self.evaluate_args)
+        except Exception as exc:
+            if "Missing [UNK] token" in str(exc):           # a word-level tokenizer met a word it does not know
+                raise self._unknown_word_error(task) from None
+            raise
         finally:
             set_global_rng_states(states)
         return out
+
+    def _unknown_word_error(self, task: Any) -> ConfigError:
+        ids, special = task.tokenizer.get_vocab(), set(task.tokenizer.all_special_tokens)
+        vocab = [w for w in sorted(ids, key=ids.get) if w not in special]
+        shown = " ".join(vocab[:8]) + (" ..." if len(vocab) > 8 else "")
+        return ConfigError(f"{PLUGIN}: the text of lm-eval task(s) {', '.join(self.tasks)} has a word that task "
+                           f"{getattr(task, 'name', type(task).__name__)!r}'s tokenizer does not know: it knows only "
+                           f"the task's own {len(vocab)} words ({shown}); write the lm-eval task in those words, or "
+                           "evaluate a task whose tokenizer encodes any text (hf-lm, bible-lm)")
 
     def _tokenizer(self, task: Any) -> Any:
         """A copy of the task's tokenizer (lm-eval may add a pad token), prepending BOS when asked."""

@@ -112,6 +112,18 @@ def test_in_memory_model_gets_the_plain_log_likelihoods(task_dir, offline, which
     assert len({round(x, 3) for row in expected for x in row}) == 16        # 16 distinct scores: not a trivial case
 
 
+
+def test_a_word_the_task_tokenizer_does_not_know_is_one_message(task_dir, offline):
+    """markov-text's tokenizer knows only its own words ("0" .. "63"): the English KJV task is refused with one
+    line naming the words it knows, not the tokenizers library's "Missing [UNK] token"."""
+    from collapsekit.errors import ConfigError
+    from collapsekit.plugins.tasks.markov_text import MarkovText
+
+    task = MarkovText(n_layer=1, n_embd=16)
+    with pytest.raises(ConfigError, match=r"task 'markov-text''s tokenizer does not know: it knows only the task's "
+                                          r"own 64 words \(0 1 2 3 4 5 6 7 \.\.\.\); write the lm-eval task"):
+        LMEval(tasks=[TASK], include_path=str(task_dir)).harness(task, task.build_model())
+
 def test_a_task_that_is_not_a_transformers_lm_stops_before_training(cli, write_config, tmp_path, task_dir):
     task = {"class_path": "collapsekit.plugins.tasks.gaussian.Gaussian", "init_args": {"dim": 2}}  # no LM
     code, _, err = cli("run", "--config", write_config(run_config(tmp_path / "runs", task_dir, task=task)))
