@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import yaml
 
 import collapsekit
@@ -70,6 +71,7 @@ def test_rerun_resumes_and_reproduces(cli, make_config, write_config, tmp_path):
     assert read_metrics(run_dir, 3) == first
 
 
+@pytest.mark.slow   # the default suite kills runs in training (test_preemption, hf-lm) and in pool writing (reliability)
 def test_killed_run_resumes_with_identical_numbers(make_config, write_config, tmp_path):
     # 300 steps make a generation last about a second, so the kill lands inside generation 1
     reference = make_config(generations=2, name="reference", max_steps=300)
