@@ -121,6 +121,7 @@ def test_two_generations_write_loadable_models_and_samples(cli, tmp_path, assets
     assert f"> {first}" in page
 
 
+@pytest.mark.slow   # the default suite kills a transformers GPT-2 after a step checkpoint in test_preemption
 def test_sigkill_mid_training_resumes_with_identical_metrics(cli, tmp_path, assets, sigkill_at):
     """A real SIGKILL of `collapsekit run` inside generation 1 (after a step checkpoint, before `done`);
     the same command then resumes to the numbers of an uninterrupted run."""
