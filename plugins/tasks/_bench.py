@@ -11,6 +11,13 @@ VERIFIER_VARIANTS = {
     "verifier-filter-model": {"plugin": "verifier-filter", "init_args": {"verifier": "model"}},
     "verifier-filter-typical": {"plugin": "verifier-filter", "init_args": {"rank": "typical"}},
 }
+#: LSF's blind controls: both rules keeping the same share of the synthetic items uniformly at random
+LSF_VARIANTS = {
+    "latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}},
+    "latent-filter-accumulated-random": {"plugin": "latent-filter-accumulated", "init_args": {"scorer": "random"}},
+}
+LSF_CONTROLS = {"accumulate-subsample+latent-filter": "accumulate-subsample+latent-filter-random",
+                "latent-filter-accumulated": "latent-filter-accumulated-random"}
 DETECTOR_VARIANTS = {"detector-reweight-random": {"plugin": "detector-reweight", "init_args": {"bias": 0.0}}}
 #: each selection method compared, paired by seed, with its blind control of the same kept share
 SELECTION_CONTROLS = {"verifier-filter": "verifier-filter-random", "verifier-filter-model": "verifier-filter-random",

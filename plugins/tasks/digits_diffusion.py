@@ -27,7 +27,7 @@ from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.tasks.digits import check_split
 from collapsekit.plugins.tasks.image_diffusion import ImageDiffusion
 from collapsekit.pool import Pool
-from ._bench import CHEAP_SEEDS, DETECTOR_VARIANTS, VERIFIER_VARIANTS, opt_in_methods
+from ._bench import CHEAP_SEEDS, DETECTOR_VARIANTS, LSF_VARIANTS, VERIFIER_VARIANTS, opt_in_methods
 
 SCHEDULES = ("cosine", "linear")
 
@@ -72,7 +72,7 @@ class DigitsDiffusion(ImageDiffusion):
         "detector-reweight", "detector-reweight-random")
     #: the controls of LSF, the verifier and the detector: the same plugins keeping the same share at random
     bench_variants: ClassVar[dict[str, dict]] = {
-        "latent-filter-random": {"plugin": "latent-filter", "init_args": {"scorer": "random"}},
+        "latent-filter-random": LSF_VARIANTS["latent-filter-random"],
         "verifier-filter-random": VERIFIER_VARIANTS["verifier-filter-random"], **DETECTOR_VARIANTS}
     #: RESULTS.md also compares each with its control, paired by seed
     bench_controls: ClassVar[dict[str, str]] = {

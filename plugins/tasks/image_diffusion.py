@@ -61,6 +61,7 @@ from torch import nn
 from collapsekit.capabilities import FrozenFeatures, LatentEncoder, Sampler, StepFeatures
 from collapsekit.errors import CollapsekitError
 from collapsekit.plugins.probes import effective_rank
+from collapsekit.plugins.tasks._bench import LSF_CONTROLS, LSF_VARIANTS
 from collapsekit.plugins.tasks.digits import load_digit_images
 from collapsekit.plugins.tasks.experts import ExpertData, RealDataCorrector, RealDataVerifier, spare_indices
 from collapsekit.pool import REAL, Pool
@@ -382,7 +383,11 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures,
         "heldout_loss": False}
     headline: ClassVar[tuple[str, ...]] = ("fid", "kid", "class_accuracy", "ole")
     bench_methods: ClassVar[tuple[str, ...]] = (
-        "baseline", "accumulate-subsample", "accumulate-subsample+latent-filter", "latent-filter-accumulated")
+        "baseline", "accumulate-subsample", "accumulate-subsample+latent-filter",
+        "accumulate-subsample+latent-filter-random", "latent-filter-accumulated", "latent-filter-accumulated-random")
+    #: LSF's two rules, each compared (paired by seed) with the same rule keeping the same share at random
+    bench_variants: ClassVar[dict[str, dict]] = dict(LSF_VARIANTS)
+    bench_controls: ClassVar[dict[str, str]] = dict(LSF_CONTROLS)
     input_key: ClassVar[str] = "image"
     label_key: ClassVar[str | None] = "label"
     num_classes: ClassVar[int | None] = None
@@ -393,21 +398,21 @@ class ImageDiffusion(Task, Sampler, StepFeatures, LatentEncoder, FrozenFeatures,
                            "scheduler": {"num_train_timesteps": 100}, "sampler": "ddim",
                            "num_inference_steps": 5, "eval_samples": 100, "evaluator_steps": 60,
                            "batch_size": 64},
-                  "trainer": {"max_steps": 20}, "generations": 2},
+                  "trainer": {"max_steps": 20}, "generations": 2, "variants": bench_variants},
         "cpu": {"task": {"resolution": 8, "train_size": 1000, "heldout_size": 500,
                          "unet": {"block_out_channels": [32, 64], "norm_num_groups": 8},
                          "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"},
                          "sampler": "ddim", "num_inference_steps": 25, "eval_samples": 500, "batch_size": 128,
                          "lr": 2e-3},
                 "trainer": {"max_steps": 500}, "generations": 3,
-                # 338.7 s per 1000 UNet steps measured on one core: its 8 cells alone would take most of
+                # 338.7 s per 1000 UNet steps measured on one core: its 12 cells alone would take more than
                 # the cpu suite's 45 minutes, so `collapsekit bench --preset cpu` runs it only when named
-                "opt_in": "8 cells of ~9 CPU-minutes each"},
+                "opt_in": "12 cells of ~9 CPU-minutes each", "variants": bench_variants},
         "gpu": {"task": {"resolution": 32, "train_size": 1297, "heldout_size": 500, "unet": dict(EXAMPLE_UNET),
                          "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear"},
                          "sampler": "ddim", "num_inference_steps": 100, "eval_samples": 2000,
                          "evaluator_steps": 600, "batch_size": 128, "lr": 1e-4, "eval_batch_size": 500},
-                "trainer": {"max_steps": 10000}, "generations": 5},
+                "trainer": {"max_steps": 10000}, "generations": 5, "variants": bench_variants},
     }
     """``smoke`` (tests, seconds), ``cpu`` (8x8 digits, small UNet), ``gpu`` (diffusers' unconditional
     example UNet at 32x32; offline stand-in data: the digits upsampled to 32x32 -- set ``data`` to your
