@@ -236,6 +236,19 @@ def test_digits_diffusion_runs_lsf_beside_its_random_filter_control():
                                                            "init_args": {"scorer": "random"}}]
 
 
+def test_image_diffusion_runs_both_lsf_rules_beside_their_random_controls():
+    """Each LSF rule is paired with the same rule keeping the same share at random (its blind control)."""
+    cells, info = plan("cpu", tasks=["image-diffusion"], seeds=[0], progress=False)
+    by_method = {c["method"]: c["plugins"] for c in cells}
+    assert by_method["accumulate-subsample+latent-filter-random"] == [
+        "accumulate-subsample", {"class_path": "latent-filter", "init_args": {"scorer": "random"}}]
+    assert by_method["latent-filter-accumulated-random"] == [
+        {"class_path": "latent-filter-accumulated", "init_args": {"scorer": "random"}}]
+    assert info["tasks"]["image-diffusion"]["controls"] == {
+        "accumulate-subsample+latent-filter": "accumulate-subsample+latent-filter-random",
+        "latent-filter-accumulated": "latent-filter-accumulated-random"}
+
+
 def test_unknown_method_is_an_error_with_did_you_mean(tmp_path):
     with pytest.raises(PluginNotFound, match="Did you mean 'baseline'"):
         run_bench("smoke", tasks=["markov-text"], methods=["basline"], out=tmp_path / "b", progress=False)
