@@ -42,7 +42,7 @@ class Multiplication(CausalLMTask, PauseTokens, Verifier, Corrector):
     name: ClassVar[str] = "multiplication"
     headline: ClassVar[tuple[str, ...]] = ("exact_match", "digit_accuracy", "rank_mean", "synthetic_exact_match")
     bench_methods: ClassVar[tuple[str, ...]] = ("baseline", "seqvcr", "pause-tokens", "seqvcr+pause-tokens",
-                                                "verifier-filter", "verifier-filter-random")
+                                                "verifier-filter", "verifier-filter-random", "self-correct")
     #: the verifier's control: the same filter keeping the same share of self-generated answers at random
     bench_variants: ClassVar[dict[str, dict]] = {"verifier-filter-random": VERIFIER_VARIANTS["verifier-filter-random"]}
     bench_controls: ClassVar[dict[str, str]] = {"verifier-filter": "verifier-filter-random"}
@@ -289,7 +289,7 @@ class Multiplication(CausalLMTask, PauseTokens, Verifier, Corrector):
                 "generations": 2, "seeds": [0, 1],
                 # ~425 CPU-s per cell on the 2-core reference machine: the cheap tasks' 5 seeds already fill
                 # the cpu suite's 45 minutes there (configs/bench/README.md), so it runs when named
-                "opt_in": "12 cells of ~9 CPU-minutes each at 1 thread", "variants": bench_variants},
+                "opt_in": "14 cells of ~9 CPU-minutes each at 1 thread", "variants": bench_variants},
         "gpu": {"task": {"digits": 4, "train_size": 80000, "heldout_size": 1000, "n_layer": 6, "n_embd": 384,
                          "n_head": 6, "batch_size": 256, "lr": 5e-4}, "trainer": {"max_steps": 20000},
                 "generations": 3, "variants": bench_variants},
